@@ -1,0 +1,251 @@
+"""Llama-family forward pass over a paged KV cache, layer by layer.
+
+transformers loads the checkpoint (so every Llama variant it knows loads the same
+way); the forward is ours, because the attention must read a block-paged cache that
+the scheduler manages, and because later the rows of one layer split between GPU and
+CPU attention. QKV and gate/up are fused into single matmuls at load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from gpu_executor.batch import PackedBatch
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+
+    @classmethod
+    def from_config(cls, model_dir: str | Path) -> ModelShape:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        heads = cfg["num_attention_heads"]
+        return cls(
+            num_layers=cfg["num_hidden_layers"],
+            hidden_size=cfg["hidden_size"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads", heads),
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            vocab_size=cfg["vocab_size"],
+            max_position_embeddings=cfg["max_position_embeddings"],
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        )
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv: torch.Tensor  # (q + 2 kv, hidden)
+    o: torch.Tensor
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor  # (2 inter, hidden)
+    down: torch.Tensor
+
+
+class PagedKVCache:
+    """Per layer: K and V as (num_blocks, block_size, kv_heads, head_dim)."""
+
+    def __init__(
+        self, shape: ModelShape, num_blocks: int, block_size: int, dtype: torch.dtype, device
+    ) -> None:
+        dims = (num_blocks, block_size, shape.num_kv_heads, shape.head_dim)
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.k = [torch.zeros(dims, dtype=dtype, device=device) for _ in range(shape.num_layers)]
+        self.v = [torch.zeros(dims, dtype=dtype, device=device) for _ in range(shape.num_layers)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.k) + sum(t.nbytes for t in self.v)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Same arithmetic as transformers' LlamaRMSNorm: normalise in fp32, scale in dtype.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class LlamaRunner:
+    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "auto") -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.model_dir = Path(model_dir)
+        self.shape = ModelShape.from_config(model_dir)
+        self.device = torch.device(device)
+        torch_dtype = resolve_dtype(model_dir, dtype, self.device)
+        self.dtype = torch_dtype
+        hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
+        hf.eval()
+        rot = hf.model.rotary_emb
+        self.inv_freq = rot.inv_freq.detach().float().to(self.device)
+        self.attention_scaling = float(rot.attention_scaling)
+        dev = self.device
+        self.embed = hf.model.embed_tokens.weight.detach().to(dev)
+        self.final_norm = hf.model.norm.weight.detach().to(dev)
+        self.lm_head = hf.lm_head.weight.detach().to(dev)
+        self.layers: list[LayerWeights] = []
+        for layer in hf.model.layers:
+            att, mlp = layer.self_attn, layer.mlp
+            self.layers.append(
+                LayerWeights(
+                    input_norm=layer.input_layernorm.weight.detach().to(dev),
+                    qkv=torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight])
+                    .detach()
+                    .to(dev),
+                    o=att.o_proj.weight.detach().to(dev),
+                    post_norm=layer.post_attention_layernorm.weight.detach().to(dev),
+                    gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach().to(dev),
+                    down=mlp.down_proj.weight.detach().to(dev),
+                )
+            )
+        self.weight_bytes = (
+            sum(
+                t.nbytes
+                for lw in self.layers
+                for t in (lw.input_norm, lw.qkv, lw.o, lw.post_norm, lw.gate_up, lw.down)
+            )
+            + self.embed.nbytes
+            + self.lm_head.nbytes
+            + self.final_norm.nbytes
+        )
+        del hf
+        self.scale = self.shape.head_dim**-0.5
+        self.cache: PagedKVCache | None = None
+
+    def init_cache(self, num_blocks: int, block_size: int) -> int:
+        self.cache = None  # release the old one first: on a GPU both may not fit
+        self.cache = PagedKVCache(self.shape, num_blocks, block_size, self.dtype, self.device)
+        return self.cache.nbytes
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[:, None].float() * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = (emb.cos() * self.attention_scaling).to(self.dtype)
+        sin = (emb.sin() * self.attention_scaling).to(self.dtype)
+        return cos[:, None, :], sin[:, None, :]
+
+    @torch.inference_mode()
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        """Returns the logits of each sequence's last token, (S, vocab), in fp32."""
+        if self.cache is None:
+            raise RuntimeError("KV cache not initialised: InitCache must come before Step")
+        s = self.shape
+        cos, sin = self.rope(batch.positions)
+        x = F.embedding(batch.input_ids, self.embed)
+        q_size, kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        for li, lw in enumerate(self.layers):
+            h = rms_norm(x, lw.input_norm, s.rms_norm_eps)
+            qkv = h @ lw.qkv.T
+            q = qkv[:, :q_size].view(-1, s.num_heads, s.head_dim)
+            k = qkv[:, q_size : q_size + kv_size].view(-1, s.num_kv_heads, s.head_dim)
+            v = qkv[:, q_size + kv_size :].view(-1, s.num_kv_heads, s.head_dim)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            self.write_kv(li, k, v, batch.slot_mapping)
+            att = self.attention(li, q, batch)
+            x = x + att.reshape(-1, q_size) @ lw.o.T
+            h = rms_norm(x, lw.post_norm, s.rms_norm_eps)
+            gate, up = (h @ lw.gate_up.T).chunk(2, dim=-1)
+            x = x + (F.silu(gate) * up) @ lw.down.T
+        last = x.index_select(0, batch.last_token_index)
+        return (rms_norm(last, self.final_norm, s.rms_norm_eps) @ self.lm_head.T).float()
+
+    def write_kv(self, li: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+        assert self.cache is not None
+        kc = self.cache.k[li].view(-1, self.shape.num_kv_heads, self.shape.head_dim)
+        vc = self.cache.v[li].view(-1, self.shape.num_kv_heads, self.shape.head_dim)
+        kc.index_copy_(0, slots, k)
+        vc.index_copy_(0, slots, v)
+
+    def attention(self, li: int, q: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        out = torch.empty_like(q)
+        if batch.num_decode_tokens:
+            qd = q.index_select(0, batch.decode_token_index)
+            out.index_copy_(
+                0,
+                batch.decode_token_index,
+                self.decode_attention(li, qd, batch.decode_block_tables, batch.decode_context_lens),
+            )
+        for p in batch.prefills:
+            out[p.token_start : p.token_end] = self.prefill_attention(
+                li, q[p.token_start : p.token_end], p.start_pos, p.block_table
+            )
+        return out
+
+    def gather(self, li: int, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., blocks) block ids -> K, V as (..., blocks * block_size, kv_heads, head_dim)."""
+        assert self.cache is not None
+        lead = tables.shape[:-1]
+        k = self.cache.k[li][tables].reshape(
+            *lead, -1, self.shape.num_kv_heads, self.shape.head_dim
+        )
+        v = self.cache.v[li][tables].reshape(
+            *lead, -1, self.shape.num_kv_heads, self.shape.head_dim
+        )
+        return k, v
+
+    def decode_attention(
+        self, li: int, q: torch.Tensor, tables: torch.Tensor, context_lens: torch.Tensor
+    ) -> torch.Tensor:
+        k, v = self.gather(li, tables)  # (D, L, kvh, d)
+        length = k.shape[1]
+        mask = torch.arange(length, device=q.device)[None, :] < context_lens[:, None]
+        o = F.scaled_dot_product_attention(
+            q[:, :, None, :],  # (D, H, 1, d)
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=mask[:, None, None, :],
+            scale=self.scale,
+            enable_gqa=self.shape.num_heads != self.shape.num_kv_heads,
+        )
+        return o[:, :, 0, :]
+
+    def prefill_attention(
+        self, li: int, q: torch.Tensor, start_pos: int, table: torch.Tensor
+    ) -> torch.Tensor:
+        n = q.shape[0]
+        total = start_pos + n
+        k, v = self.gather(li, table)
+        k, v = k[:total], v[:total]  # (total, kvh, d)
+        rows = torch.arange(start_pos, total, device=q.device)[:, None]
+        mask = torch.arange(total, device=q.device)[None, :] <= rows
+        o = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None],  # (1, H, n, d)
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            attn_mask=mask[None, None],
+            scale=self.scale,
+            enable_gqa=self.shape.num_heads != self.shape.num_kv_heads,
+        )
+        return o[0].transpose(0, 1)
+
+
+def resolve_dtype(model_dir: str | Path, dtype: str, device: torch.device) -> torch.dtype:
+    """ "auto": the checkpoint's dtype on CUDA; fp32 on the CPU, where fp16 matmuls crawl."""
+    if dtype != "auto":
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, not {dtype!r}")
+        return getattr(torch, dtype)
+    if device.type == "cpu":
+        return torch.float32
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return getattr(torch, cfg.get("torch_dtype") or cfg.get("dtype") or "float16")

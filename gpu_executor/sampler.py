@@ -1,0 +1,69 @@
+"""Token sampling on the device, reproducible without per-request state.
+
+Each draw's uniform number is a hash of (seed, position): a request that is preempted
+and recomputed, or whose executor restarts, draws exactly the same tokens again, and
+the batch it happens to share a step with changes nothing. All rows are processed in
+one vectorised pass; only the uniforms are made on the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+
+
+def splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def uniform(seed: int, position: int) -> float:
+    """A uniform in [0, 1) fixed by the seed and the position of the token drawn."""
+    return (splitmix64(splitmix64(seed & _MASK64) ^ position) >> 11) * (1.0 / (1 << 53))
+
+
+@dataclass(frozen=True)
+class RowSampling:
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+    position: int  # position of the token being drawn
+
+
+def sample(logits: torch.Tensor, rows: list[RowSampling]) -> list[int]:
+    """logits: (S, vocab) fp32. Greedy rows take the argmax; the rest sample."""
+    out = logits.argmax(dim=-1)
+    sampled = [i for i, r in enumerate(rows) if r.temperature > 0]
+    if sampled:
+        dev = logits.device
+        idx = torch.tensor(sampled, device=dev)
+        temps = torch.tensor([rows[i].temperature for i in sampled], device=dev)
+        top_p = torch.tensor([rows[i].top_p for i in sampled], device=dev)
+        vocab = logits.shape[-1]
+        top_k = torch.tensor(
+            [rows[i].top_k if rows[i].top_k > 0 else vocab for i in sampled], device=dev
+        )
+        u = torch.tensor(
+            [uniform(rows[i].seed, rows[i].position) for i in sampled],
+            device=dev,
+            dtype=torch.float64,
+        )
+        scaled = logits.index_select(0, idx) / temps[:, None]
+        sorted_logits, order = scaled.sort(dim=-1, descending=True)
+        rank = torch.arange(vocab, device=dev)[None, :]
+        sorted_logits = sorted_logits.masked_fill(rank >= top_k[:, None], float("-inf"))
+        probs = sorted_logits.softmax(dim=-1).double()
+        # top-p keeps the smallest prefix whose mass reaches p (always the first token).
+        before = probs.cumsum(dim=-1) - probs
+        probs = probs.masked_fill(before >= top_p[:, None].double(), 0.0)
+        cdf = probs.cumsum(dim=-1)
+        target = u * cdf[:, -1]
+        pick = torch.searchsorted(cdf, target[:, None], right=True).clamp_(max=vocab - 1)
+        out[idx] = order.gather(1, pick)[:, 0]
+    return out.tolist()
