@@ -87,6 +87,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 class LlamaRunner:
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "auto") -> None:
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self.model_dir = Path(model_dir)
         self.shape = ModelShape.from_config(model_dir)

@@ -1,0 +1,113 @@
+"""Python client for the APEX daemon: generation (streamed or not), model info, admin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+from apex.v1 import admin_pb2, admin_pb2_grpc, generation_pb2, generation_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+FINISH_REASONS = {
+    generation_pb2.FINISH_REASON_UNSPECIFIED: None,
+    generation_pb2.FINISH_REASON_LENGTH: "length",
+    generation_pb2.FINISH_REASON_EOS: "eos",
+    generation_pb2.FINISH_REASON_STOP_TOKEN: "stop_token",
+    generation_pb2.FINISH_REASON_STOP_STRING: "stop_string",
+    generation_pb2.FINISH_REASON_ABORTED: "aborted",
+}
+
+
+def sampling_params(
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    max_tokens: int | None = None,
+    stop: Sequence[str] = (),
+    stop_token_ids: Sequence[int] = (),
+    ignore_eos: bool = False,
+) -> generation_pb2.SamplingParams:
+    """Only the arguments given are set; the server's defaults fill the rest."""
+    given: dict[str, Any] = {
+        k: v
+        for k, v in dict(
+            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens
+        ).items()
+        if v is not None
+    }
+    return generation_pb2.SamplingParams(
+        **given, stop=list(stop), stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos
+    )
+
+
+def generate_request(
+    prompt: str | Sequence[int], request_id: str = "", **sampling: Any
+) -> generation_pb2.GenerateRequest:
+    msg = generation_pb2.GenerateRequest(
+        request_id=request_id, sampling=sampling_params(**sampling)
+    )
+    if isinstance(prompt, str):
+        msg.text = prompt
+    else:
+        msg.token_ids.ids.extend(prompt)
+    return msg
+
+
+class ApexClient:
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float | None = None) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(address)
+        self.generation = generation_pb2_grpc.GenerationStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminStub(self.channel)
+
+    def __enter__(self) -> ApexClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def generate_stream(
+        self, prompt: str | Sequence[int], request_id: str = "", **sampling: Any
+    ) -> Iterator[generation_pb2.GenerateResponse]:
+        """Yields one message per step; the last has finish_reason and usage. Breaking
+        out of the loop (or calling .cancel() on the returned iterator) aborts it."""
+        return self.generation.Generate(
+            generate_request(prompt, request_id, **sampling), timeout=self.timeout
+        )
+
+    def generate(
+        self, prompt: str | Sequence[int], request_id: str = "", **sampling: Any
+    ) -> generation_pb2.GenerateResult:
+        return self.generation.GenerateUnary(
+            generate_request(prompt, request_id, **sampling), timeout=self.timeout
+        )
+
+    def abort(self, request_id: str) -> bool:
+        reply = self.generation.Abort(
+            generation_pb2.AbortRequest(request_id=request_id), timeout=self.timeout
+        )
+        return reply.found
+
+    def model_info(self) -> generation_pb2.ModelInfo:
+        return self.generation.GetModelInfo(generation_pb2.ModelInfoRequest(), timeout=self.timeout)
+
+    def status(self) -> admin_pb2.StatusResponse:
+        return self.admin.GetStatus(admin_pb2.StatusRequest(), timeout=self.timeout)
+
+    def list_requests(self) -> list[admin_pb2.RequestInfo]:
+        return list(
+            self.admin.ListRequests(admin_pb2.ListRequestsRequest(), timeout=self.timeout).requests
+        )
+
+    def admin_abort(self, request_id: str) -> bool:
+        reply = self.admin.Abort(
+            generation_pb2.AbortRequest(request_id=request_id), timeout=self.timeout
+        )
+        return reply.found

@@ -1,0 +1,63 @@
+"""gRPC plumbing every APEX process shares: health checking and server reflection.
+
+Every server exposes the standard grpc.health.v1 service (what `apex serve`, docker
+healthchecks and load balancers poll) and reflection (so grpcurl and friends work
+without the protos at hand).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def add_health_and_reflection(
+    server: grpc.Server | grpc.aio.Server, service_full_names: Iterable[str]
+) -> health.HealthServicer:
+    """Registers both services; the returned servicer starts NOT_SERVING for every name."""
+    names = list(service_full_names)
+    servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in ["", *names]:
+        servicer.set(name, NOT_SERVING)
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    return servicer
+
+
+def set_serving(servicer: health.HealthServicer, names: Iterable[str], serving: bool) -> None:
+    status = SERVING if serving else NOT_SERVING
+    for name in ["", *names]:
+        servicer.set(name, status)
+
+
+def setup_logging(process: str, level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {process} %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def check_health(address: str, timeout: float = 1.0) -> bool:
+    """True when the server at address answers SERVING for the whole server."""
+    try:
+        with grpc.insecure_channel(address) as ch:
+            reply = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+            return reply.status == SERVING
+    except grpc.RpcError:
+        return False

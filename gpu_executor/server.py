@@ -1,0 +1,170 @@
+"""`apex-gpu-executor`: the process that holds the weights and the GPU KV tier.
+
+It decides nothing: the scheduler sends one plan per iteration (which sequences, which
+tokens, which cache blocks) and the executor runs it, samples, and reports timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import torch
+from apex.v1 import executor_pb2, executor_pb2_grpc
+
+from common.grpc_server import add_health_and_reflection, set_serving, setup_logging
+from gpu_executor.batch import SeqInput, pack
+from gpu_executor.llama import LlamaRunner
+from gpu_executor.sampler import RowSampling, sample
+
+log = logging.getLogger(__name__)
+SERVICE = executor_pb2.DESCRIPTOR.services_by_name["GpuExecutor"].full_name
+
+
+class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
+    def __init__(self, runner: LlamaRunner) -> None:
+        self.runner = runner
+        self.lock = threading.Lock()  # one step at a time: the cache is shared state
+
+    def GetInfo(self, request, context) -> executor_pb2.ExecutorInfo:
+        r, s = self.runner, self.runner.shape
+        free = 0
+        if r.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(r.device)
+        return executor_pb2.ExecutorInfo(
+            model=r.model_dir.name,
+            device=str(r.device),
+            dtype=str(r.dtype).removeprefix("torch."),
+            num_layers=s.num_layers,
+            hidden_size=s.hidden_size,
+            num_attention_heads=s.num_heads,
+            num_kv_heads=s.num_kv_heads,
+            head_dim=s.head_dim,
+            vocab_size=s.vocab_size,
+            max_position_embeddings=s.max_position_embeddings,
+            free_device_memory_bytes=free,
+            weight_bytes=r.weight_bytes,
+            cache_ready=r.cache is not None,
+        )
+
+    def InitCache(self, request, context) -> executor_pb2.InitCacheResponse:
+        if request.num_blocks < 1 or request.block_size < 1:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "num_blocks and block_size must be >= 1"
+            )
+        with self.lock:
+            try:
+                nbytes = self.runner.init_cache(request.num_blocks, request.block_size)
+            except torch.OutOfMemoryError as e:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"KV cache does not fit: {e}")
+        log.info(
+            "KV cache: %d blocks x %d tokens, %.1f MiB",
+            request.num_blocks,
+            request.block_size,
+            nbytes / 2**20,
+        )
+        return executor_pb2.InitCacheResponse(cache_bytes=nbytes)
+
+    def Step(self, request, context) -> executor_pb2.StepResponse:
+        with self.lock:
+            return self.step(request, context)
+
+    def step(self, request, context) -> executor_pb2.StepResponse:
+        t0 = time.perf_counter()
+        runner = self.runner
+        if runner.cache is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "InitCache has not been called")
+        seqs = [SeqInput(list(s.token_ids), s.start_pos, list(s.block_table)) for s in request.seqs]
+        batch = pack(seqs, runner.cache.block_size, runner.device)
+        logits = runner.forward(batch)
+        sync(runner.device)
+        t1 = time.perf_counter()
+        rows = [
+            RowSampling(
+                temperature=s.sampling.temperature,
+                top_p=s.sampling.top_p or 1.0,
+                top_k=s.sampling.top_k,
+                seed=s.sampling.seed,
+                position=seq.end_pos,
+            )
+            for s, seq in zip(request.seqs, seqs, strict=True)
+        ]
+        tokens = sample(logits, rows)
+        t2 = time.perf_counter()
+        return executor_pb2.StepResponse(
+            step_id=request.step_id,
+            next_tokens=tokens,
+            timings=executor_pb2.StepTimings(
+                total_s=t2 - t0,
+                forward_s=t1 - t0,
+                sample_s=t2 - t1,
+                prefill_tokens=batch.num_prefill_tokens,
+                decode_tokens=batch.num_decode_tokens,
+            ),
+        )
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="apex-gpu-executor", description=__doc__)
+    ap.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=50061)
+    ap.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if any)")
+    ap.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    setup_logging("gpu-executor", args.log_level)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = args.device or default_device()
+    t = time.perf_counter()
+    runner = LlamaRunner(args.model, device=device, dtype=args.dtype)
+    log.info(
+        "loaded %s on %s as %s in %.1f s (%.1f MiB of weights)",
+        args.model,
+        runner.device,
+        runner.dtype,
+        time.perf_counter() - t,
+        runner.weight_bytes / 2**20,
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=[
+            ("grpc.max_receive_message_length", 64 * 2**20),
+            ("grpc.max_send_message_length", 64 * 2**20),
+        ],
+    )
+    executor_pb2_grpc.add_GpuExecutorServicer_to_server(GpuExecutorServicer(runner), server)
+    health = add_health_and_reflection(server, [SERVICE])
+    bound = server.add_insecure_port(f"{args.host}:{args.port}")
+    if bound == 0:
+        raise SystemExit(f"apex-gpu-executor: cannot listen on {args.host}:{args.port}")
+    server.start()
+    set_serving(health, [SERVICE], True)
+    log.info("serving on %s:%d", args.host, bound)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    set_serving(health, [SERVICE], False)
+    server.stop(grace=2).wait()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""`apex`: make a model, run the stack."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from scheduler import launcher
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="apex", description="APEX hybrid CPU-GPU LLM serving")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init-model", help="write a random-weight Llama checkpoint")
+    init.add_argument("dir", type=Path)
+    init.add_argument(
+        "--preset", default="tiny", help="tiny (default), tiny-gqa, llama2-7b, llama3.1-8b"
+    )
+    init.add_argument("--seed", type=int, default=0)
+
+    srv = sub.add_parser("serve", help="run the executors and the daemon as local processes")
+    srv.add_argument("--model", type=Path, help="checkpoint dir (default: the tiny model)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=50051)
+    srv.add_argument("--device", help="executor device: cuda, cuda:N or cpu")
+    srv.add_argument("--dtype", default="auto")
+    srv.add_argument("--threads", type=int, default=0, help="executor torch threads")
+    tier = srv.add_mutually_exclusive_group()
+    tier.add_argument("--gpu-blocks", type=int)
+    tier.add_argument("--gpu-kv-gb", type=float)
+    srv.add_argument("--block-size", type=int)
+    srv.add_argument("--max-model-len", type=int)
+    srv.add_argument("--max-num-seqs", type=int)
+    srv.add_argument("--max-queue", type=int)
+    args = ap.parse_args(argv)
+
+    if args.command == "init-model":
+        from gpu_executor.model_init import init_model  # torch only for this command
+
+        try:
+            out = init_model(args.dir, args.preset, args.seed)
+        except ValueError as e:
+            sys.exit(f"apex init-model: {e}")
+        print(f"apex: wrote the {args.preset} model to {out}")
+        return
+
+    model = args.model or launcher.ensure_default_model()
+    if not (model / "config.json").is_file():
+        sys.exit(
+            f"apex serve: {model} is not a model directory (no config.json); "
+            "make one with `apex init-model DIR`"
+        )
+    executor_args = ["--dtype", args.dtype, "--threads", str(args.threads)]
+    if args.device:
+        executor_args += ["--device", args.device]
+    scheduler_args: list[str] = []
+    for flag in (
+        "gpu_blocks",
+        "gpu_kv_gb",
+        "block_size",
+        "max_model_len",
+        "max_num_seqs",
+        "max_queue",
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            scheduler_args += ["--" + flag.replace("_", "-"), str(value)]
+    sys.exit(launcher.serve(model, args.host, args.port, executor_args, scheduler_args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""`apex-scheduler`: the daemon that owns the queue, the KV blocks and every decision."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+from apex.v1 import admin_pb2, admin_pb2_grpc, generation_pb2, generation_pb2_grpc
+
+from common.grpc_server import add_health_and_reflection, set_serving, setup_logging
+from scheduler.config import ModelSpec, SchedulerConfig
+from scheduler.core import Scheduler
+from scheduler.engine import Engine
+from scheduler.executor_client import GpuExecutorClient
+from scheduler.service import AdminService, GenerationService
+from scheduler.tokenizer import TextTokenizer
+from scheduler.validation import Limits
+
+log = logging.getLogger(__name__)
+SERVICES = [
+    generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+]
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+CPU_DEFAULT_KV_GB = 0.5
+GPU_MEMORY_UTILIZATION = 0.9
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="apex-scheduler", description=__doc__)
+    ap.add_argument("--model", required=True, help="checkpoint directory (tokenizer, config)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=50051)
+    ap.add_argument("--gpu-executor", default="127.0.0.1:50061", help="host:port")
+    tier = ap.add_mutually_exclusive_group()
+    tier.add_argument("--gpu-blocks", type=int, help="GPU KV tier size in blocks")
+    tier.add_argument("--gpu-kv-gb", type=float, help="GPU KV tier size in GB (1e9 bytes)")
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--max-model-len", type=int, default=0, help="0: the model's own")
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--max-queue", type=int, default=1024)
+    ap.add_argument(
+        "--executor-wait-s",
+        type=float,
+        default=300.0,
+        help="how long to wait for the executor at start",
+    )
+    ap.add_argument("--log-level", default="INFO")
+    return ap.parse_args(argv)
+
+
+def gpu_blocks(args: argparse.Namespace, bytes_per_block: int, free_bytes: int) -> int:
+    if args.gpu_blocks is not None:
+        return args.gpu_blocks
+    if args.gpu_kv_gb is not None:
+        return int(args.gpu_kv_gb * 1e9 // bytes_per_block)
+    if free_bytes > 0:
+        return int(free_bytes * GPU_MEMORY_UTILIZATION // bytes_per_block)
+    return int(CPU_DEFAULT_KV_GB * 1e9 // bytes_per_block)
+
+
+async def wait_for_executor(client: GpuExecutorClient, wait_s: float):
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await client.info(timeout=2.0)
+        except grpc.aio.AioRpcError as e:
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"apex-scheduler: GPU executor at {client.address} did not answer in "
+                    f"{wait_s:.0f} s ({e.code().name}); is apex-gpu-executor running there?"
+                ) from e
+            await asyncio.sleep(0.2)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    spec = ModelSpec.from_dir(args.model)
+    tokenizer = TextTokenizer(args.model)
+    client = GpuExecutorClient(args.gpu_executor)
+    info = await wait_for_executor(client, args.executor_wait_s)
+    bytes_per_block = spec.kv_bytes_per_token(DTYPE_BYTES[info.dtype]) * args.block_size
+    num_blocks = gpu_blocks(args, bytes_per_block, info.free_device_memory_bytes)
+    max_len = args.max_model_len or spec.max_position_embeddings
+    if max_len > spec.max_position_embeddings:
+        raise SystemExit(
+            f"--max-model-len {max_len} exceeds the model's "
+            f"{spec.max_position_embeddings} positions"
+        )
+    fits = num_blocks * args.block_size
+    if fits < max_len and not args.max_model_len:
+        log.warning("the GPU tier holds %d tokens; max_model_len lowered from %d", fits, max_len)
+        max_len = fits
+    try:
+        config = SchedulerConfig(
+            max_model_len=max_len,
+            block_size=args.block_size,
+            num_gpu_blocks=num_blocks,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=max(args.max_num_batched_tokens, max_len),
+            max_queue=args.max_queue,
+        )
+    except ValueError as e:
+        raise SystemExit(f"apex-scheduler: {e}") from e
+    cache_bytes = await client.init_cache(num_blocks, args.block_size)
+    log.info(
+        "GPU tier: %d blocks of %d tokens (%.1f MiB); max_model_len %d",
+        num_blocks,
+        args.block_size,
+        cache_bytes / 2**20,
+        max_len,
+    )
+
+    engine = Engine(Scheduler(config, tokenizer.eos_token_ids), client, tokenizer)
+    model_info = generation_pb2.ModelInfo(
+        model=spec.name,
+        vocab_size=spec.vocab_size,
+        max_model_len=max_len,
+        eos_token_ids=sorted(tokenizer.eos_token_ids),
+        num_layers=spec.num_layers,
+        hidden_size=info.hidden_size,
+        num_attention_heads=info.num_attention_heads,
+        num_kv_heads=spec.num_kv_heads,
+        dtype=info.dtype,
+        device=info.device,
+        block_size=args.block_size,
+        gpu_blocks=num_blocks,
+    )
+    server = grpc.aio.server()
+    limits = Limits(max_model_len=max_len, vocab_size=spec.vocab_size)
+    generation_pb2_grpc.add_GenerationServicer_to_server(
+        GenerationService(engine, limits, model_info), server
+    )
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(engine, spec.name), server)
+    health = add_health_and_reflection(server, SERVICES)
+    bound = server.add_insecure_port(f"{args.host}:{args.port}")
+    if bound == 0:
+        raise SystemExit(f"apex-scheduler: cannot listen on {args.host}:{args.port}")
+    await server.start()
+    engine.start()
+    set_serving(health, SERVICES, True)
+    log.info("serving %s on %s:%d", spec.name, args.host, bound)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    set_serving(health, SERVICES, False)
+    await engine.stop()
+    await server.stop(grace=2.0)
+    await client.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging("scheduler", args.log_level)
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""The daemon's loop: schedule, step the executor, turn tokens into streamed text.
+
+The engine is the only place where the pure scheduler meets I/O. Each live request has
+an asyncio queue its gRPC handler reads from; the loop only ever puts into queues, so
+a slow client cannot stall an iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import grpc
+
+from scheduler.core import Scheduler, StepPlan
+from scheduler.executor_client import GpuExecutorClient
+from scheduler.request import FinishReason, Request
+from scheduler.tokenizer import IncrementalDetokenizer, TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    time_to_first_token_s: float
+    total_time_s: float
+    preemptions: int
+
+
+@dataclass(frozen=True)
+class OutputDelta:
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason | None = None
+    matched_stop: str = ""
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class EngineError:
+    """Ends a stream with a gRPC status instead of an output."""
+
+    code: grpc.StatusCode
+    message: str
+
+
+@dataclass
+class RequestStream:
+    request: Request
+    detok: IncrementalDetokenizer
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    sent_tokens: int = 0
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class EngineStats:
+    iterations: int = 0
+    generated_tokens: int = 0
+    finished_requests: int = 0
+    rejected_requests: int = 0
+    started: float = field(default_factory=time.monotonic)
+    window: deque = field(default_factory=lambda: deque(maxlen=4096))  # (time, tokens)
+    last_strategy: str = "gpu-only"
+
+    def tokens_per_s(self, horizon: float = 10.0) -> float:
+        now = time.monotonic()
+        recent = [(t, n) for t, n in self.window if now - t <= horizon]
+        if not recent:
+            return 0.0
+        span = max(now - recent[0][0], 1e-3)
+        return sum(n for _, n in recent) / span
+
+
+class Engine:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        executor: GpuExecutorClient,
+        tokenizer: TextTokenizer,
+        step_timeout_s: float = 120.0,
+        recovery_timeout_s: float = 60.0,
+    ) -> None:
+        self.scheduler = scheduler
+        self.executor = executor
+        self.tokenizer = tokenizer
+        self.streams: dict[str, RequestStream] = {}
+        self.stats = EngineStats()
+        self.step_timeout_s = step_timeout_s
+        self.recovery_timeout_s = recovery_timeout_s
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self.task: asyncio.Task | None = None
+
+    # -- requests -------------------------------------------------------------------
+    def submit(self, req: Request) -> RequestStream:
+        if self.stopping:
+            raise RuntimeError("the server is shutting down")
+        if self.scheduler.queue_full():
+            self.stats.rejected_requests += 1
+            raise QueueFull(f"the waiting queue is full ({self.scheduler.config.max_queue})")
+        self.scheduler.add(req)  # raises ValueError on a duplicate id
+        stream = RequestStream(
+            req, IncrementalDetokenizer(self.tokenizer, req.prompt_ids, req.sampling.stop)
+        )
+        self.streams[req.request_id] = stream
+        self.wake.set()
+        return stream
+
+    def abort(self, request_id: str) -> bool:
+        req = self.scheduler.abort(request_id)
+        if req is None:
+            return False
+        self.emit(self.streams[request_id])
+        return True
+
+    # -- loop -----------------------------------------------------------------------
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name="engine-loop")
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        if self.task is not None:
+            await self.task
+
+    async def run(self) -> None:
+        while not self.stopping:
+            plan = self.scheduler.schedule()
+            if plan is None:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            try:
+                reply = await self.executor.step(plan, timeout=self.step_timeout_s)
+            except grpc.aio.AioRpcError as e:
+                await self.recover(e)
+                continue
+            self.apply(plan, list(reply.next_tokens))
+            await asyncio.sleep(0)  # let handlers stream and new requests arrive
+        self.fail_all(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+
+    def apply(self, plan: StepPlan, tokens: list[int]) -> None:
+        updated = self.scheduler.update(plan, tokens)
+        now = time.monotonic()
+        self.stats.iterations += 1
+        self.stats.generated_tokens += len(updated)
+        self.stats.window.append((now, len(updated)))
+        for req in updated:
+            stream = self.streams[req.request_id]
+            matched = stream.detok.add(req.output_ids[-1])
+            if matched is not None and not req.finished:
+                self.scheduler.finish(req, FinishReason.STOP_STRING, matched)
+            self.emit(stream)
+
+    def emit(self, stream: RequestStream) -> None:
+        req = stream.request
+        final = req.finished
+        if final and req.finish_reason is not FinishReason.STOP_STRING:
+            stream.detok.flush()
+            stream.detok.match_stop()
+        new_tokens = req.output_ids[stream.sent_tokens :]
+        stream.sent_tokens = len(req.output_ids)
+        text = stream.detok.take(final)
+        if not final:
+            if text or new_tokens:
+                stream.queue.put_nowait(OutputDelta(text, new_tokens))
+            return
+        self.stats.finished_requests += 1
+        end = req.finish_time or time.monotonic()
+        usage = Usage(
+            prompt_tokens=len(req.prompt_ids),
+            completion_tokens=len(req.output_ids),
+            time_to_first_token_s=(req.first_token_time or end) - req.arrival_time,
+            total_time_s=end - req.arrival_time,
+            preemptions=req.preemptions,
+        )
+        stream.queue.put_nowait(
+            OutputDelta(text, new_tokens, req.finish_reason, req.matched_stop, usage)
+        )
+        del self.streams[req.request_id]
+
+    async def recover(self, error: grpc.aio.AioRpcError) -> None:
+        """The executor failed a step: recompute what it held once it answers again."""
+        lost = self.scheduler.requeue_running()
+        log.error(
+            "executor step failed (%s: %s); %d running requests will be recomputed",
+            error.code().name,
+            error.details(),
+            len(lost),
+        )
+        deadline = time.monotonic() + self.recovery_timeout_s
+        while not self.stopping and time.monotonic() < deadline:
+            try:
+                info = await self.executor.info(timeout=2.0)
+                if not info.cache_ready:
+                    cfg = self.scheduler.config
+                    await self.executor.init_cache(cfg.num_gpu_blocks, cfg.block_size)
+                log.info("executor is back; resuming")
+                return
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.5)
+        self.fail_all(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the GPU executor at {self.executor.address} is unreachable",
+        )
+
+    def fail_all(self, code: grpc.StatusCode, message: str) -> None:
+        for request_id, stream in list(self.streams.items()):
+            self.scheduler.abort(request_id)
+            stream.queue.put_nowait(EngineError(code, message))
+            del self.streams[request_id]

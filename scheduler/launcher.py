@@ -1,0 +1,158 @@
+"""`apex serve`: the stack as separate local processes, started in order, stopped cleanly.
+
+The executor starts first (loading weights is the slow part), then the daemon, which
+connects to it; the launcher waits until each answers gRPC health before starting the
+next, and on Ctrl-C or SIGTERM stops the daemon first so that it can end its streams.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.grpc_server import check_health
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    address: str
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def default_model_dir() -> Path:
+    home = Path(os.environ.get("APEX_HOME", Path.home() / ".cache" / "apex"))
+    return home / "models" / "tiny"
+
+
+def ensure_default_model() -> Path:
+    path = default_model_dir()
+    if not (path / "config.json").is_file():
+        from gpu_executor.model_init import init_model  # torch only when needed
+
+        print(f"apex: creating the default model in {path}", file=sys.stderr)
+        init_model(path)
+    return path
+
+
+def start(name: str, argv: list[str], address: str, log_file=None) -> Child:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *argv],
+        stdout=log_file,
+        stderr=subprocess.STDOUT if log_file else None,
+        start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
+    )
+    return Child(name, proc, address)
+
+
+def wait_healthy(child: Child, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = child.proc.poll()
+        if code is not None:
+            raise LaunchError(f"{child.name} exited with code {code} before it was healthy")
+        if check_health(child.address, timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise LaunchError(f"{child.name} at {child.address} was not healthy in {timeout_s:.0f} s")
+
+
+def stop(children: list[Child], grace_s: float = 10.0) -> None:
+    """Stop in reverse start order: SIGTERM, wait, then SIGKILL what is left."""
+    for child in reversed(children):
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+            try:
+                child.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+
+
+def serve(
+    model: Path,
+    host: str,
+    port: int,
+    executor_args: list[str],
+    scheduler_args: list[str],
+    start_timeout_s: float = 300.0,
+) -> int:
+    children: list[Child] = []
+    stop_requested = False
+
+    def on_signal(signum, frame) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        ex_addr = f"127.0.0.1:{free_port()}"
+        children.append(
+            start(
+                "gpu-executor",
+                [
+                    "gpu_executor.server",
+                    "--model",
+                    str(model),
+                    "--port",
+                    ex_addr.split(":")[1],
+                    *executor_args,
+                ],
+                ex_addr,
+            )
+        )
+        wait_healthy(children[-1], start_timeout_s)
+        children.append(
+            start(
+                "scheduler",
+                [
+                    "scheduler.daemon",
+                    "--model",
+                    str(model),
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--gpu-executor",
+                    ex_addr,
+                    *scheduler_args,
+                ],
+                f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}",
+            )
+        )
+        wait_healthy(children[-1], start_timeout_s)
+        print(
+            f"apex: serving {model.name} on {host}:{port} "
+            f'(try: apexctl --address {host}:{port} generate "Hello")',
+            flush=True,
+        )
+        while not stop_requested:
+            for child in children:
+                code = child.proc.poll()
+                if code is not None:
+                    raise LaunchError(f"{child.name} exited unexpectedly with code {code}")
+            time.sleep(0.2)
+        print("apex: stopping", file=sys.stderr, flush=True)
+        return 0
+    except LaunchError as e:
+        print(f"apex: {e}", file=sys.stderr)
+        return 1
+    finally:
+        stop(children)

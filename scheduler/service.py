@@ -1,0 +1,156 @@
+"""Public Generation and Admin services of the daemon (grpc.aio)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from apex.v1 import admin_pb2, admin_pb2_grpc, generation_pb2, generation_pb2_grpc
+
+from scheduler.engine import Engine, EngineError, OutputDelta, QueueFull, RequestStream
+from scheduler.request import Status
+from scheduler.validation import InvalidRequest, Limits, build_request
+
+
+def usage_proto(delta: OutputDelta) -> generation_pb2.Usage | None:
+    u = delta.usage
+    if u is None:
+        return None
+    return generation_pb2.Usage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        time_to_first_token_s=u.time_to_first_token_s,
+        total_time_s=u.total_time_s,
+        preemptions=u.preemptions,
+    )
+
+
+class GenerationService(generation_pb2_grpc.GenerationServicer):
+    def __init__(self, engine: Engine, limits: Limits, model_info: generation_pb2.ModelInfo):
+        self.engine = engine
+        self.limits = limits
+        self.model_info = model_info
+
+    async def submit(self, request, context) -> RequestStream:
+        try:
+            req = build_request(request, self.engine.tokenizer, self.limits)
+        except InvalidRequest as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        try:
+            return self.engine.submit(req)
+        except QueueFull as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
+        except RuntimeError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        raise AssertionError("unreachable: context.abort raises")
+
+    async def deltas(self, stream: RequestStream, context) -> AsyncIterator[OutputDelta]:
+        """Yields until the final delta; aborts the request if the client goes away."""
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, EngineError):
+                    await context.abort(item.code, item.message)
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            # Cancellation, a passed deadline or a broken stream lands here too: the
+            # request is aborted and its blocks are freed at once. A no-op when done.
+            self.engine.abort(stream.request.request_id)
+
+    async def Generate(self, request, context):
+        stream = await self.submit(request, context)
+        rid = stream.request.request_id
+        async for d in self.deltas(stream, context):
+            yield generation_pb2.GenerateResponse(
+                request_id=rid,
+                text=d.text,
+                token_ids=d.token_ids,
+                finish_reason=int(d.finish_reason or 0),
+                matched_stop=d.matched_stop,
+                usage=usage_proto(d),
+            )
+
+    async def GenerateUnary(self, request, context):
+        stream = await self.submit(request, context)
+        text: list[str] = []
+        ids: list[int] = []
+        last: OutputDelta | None = None
+        async for d in self.deltas(stream, context):
+            text.append(d.text)
+            ids.extend(d.token_ids)
+            last = d
+        if last is None:
+            raise AssertionError("a stream always ends with a final delta")
+        return generation_pb2.GenerateResult(
+            request_id=stream.request.request_id,
+            text="".join(text),
+            token_ids=ids,
+            finish_reason=int(last.finish_reason or 0),
+            matched_stop=last.matched_stop,
+            usage=usage_proto(last),
+        )
+
+    async def Abort(self, request, context):
+        return generation_pb2.AbortResponse(found=self.engine.abort(request.request_id))
+
+    async def GetModelInfo(self, request, context):
+        return self.model_info
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, engine: Engine, model: str) -> None:
+        self.engine = engine
+        self.model = model
+
+    async def GetStatus(self, request, context):
+        e, s = self.engine, self.engine.scheduler
+        st = e.stats
+        return admin_pb2.StatusResponse(
+            model=self.model,
+            num_waiting=len(s.waiting),
+            num_running=len(s.running),
+            tiers=[
+                admin_pb2.TierUsage(
+                    tier="gpu",
+                    blocks_total=s.gpu.num_total,
+                    blocks_used=s.gpu.num_used,
+                    block_size=s.config.block_size,
+                )
+            ],
+            iterations=st.iterations,
+            generated_tokens=st.generated_tokens,
+            preemptions=s.num_preemptions,
+            tokens_per_s=st.tokens_per_s(),
+            uptime_s=time.monotonic() - st.started,
+            strategy=st.last_strategy,
+            finished_requests=st.finished_requests,
+            rejected_requests=st.rejected_requests,
+            max_queue=s.config.max_queue,
+        )
+
+    async def ListRequests(self, request, context):
+        now = time.monotonic()
+        infos = [
+            admin_pb2.RequestInfo(
+                request_id=r.request_id,
+                state=admin_pb2.REQUEST_STATE_RUNNING
+                if r.status is Status.RUNNING
+                else admin_pb2.REQUEST_STATE_WAITING,
+                prompt_tokens=len(r.prompt_ids),
+                output_tokens=len(r.output_ids),
+                max_tokens=r.sampling.max_tokens,
+                gpu_blocks=len(r.block_table),
+                age_s=now - r.arrival_time,
+                preemptions=r.preemptions,
+            )
+            for r in self.engine.scheduler.requests.values()
+        ]
+        return admin_pb2.ListRequestsResponse(requests=infos)
+
+    async def Abort(self, request, context):
+        return generation_pb2.AbortResponse(found=self.engine.abort(request.request_id))
