@@ -7,12 +7,14 @@ next, and on Ctrl-C or SIGTERM stops the daemon first so that it can end its str
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,28 +87,38 @@ def stop(children: list[Child], grace_s: float = 10.0) -> None:
                 child.proc.wait()
 
 
-def serve(
+@dataclass
+class LocalStack:
+    address: str
+    executor_address: str
+    children: list[Child]
+
+
+@contextlib.contextmanager
+def local_stack(
     model: Path,
-    host: str,
-    port: int,
-    executor_args: list[str],
-    scheduler_args: list[str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    executor_args: Sequence[str] = (),
+    scheduler_args: Sequence[str] = (),
+    log_dir: Path | None = None,
     start_timeout_s: float = 300.0,
-) -> int:
+) -> Iterator[LocalStack]:
+    """Executor, then daemon, each healthy before the next; stopped in reverse on exit.
+
+    port 0 picks a free port. With log_dir, each process logs to its own file there;
+    without, they share the caller's terminal.
+    """
     children: list[Child] = []
-    stop_requested = False
-
-    def on_signal(signum, frame) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    logs: list = []
     try:
         ex_addr = f"127.0.0.1:{free_port()}"
-        children.append(
-            start(
+        port = port or free_port(host)
+        client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        plan = [
+            (
                 "gpu-executor",
+                ex_addr,
                 [
                     "gpu_executor.server",
                     "--model",
@@ -115,13 +127,10 @@ def serve(
                     ex_addr.split(":")[1],
                     *executor_args,
                 ],
-                ex_addr,
-            )
-        )
-        wait_healthy(children[-1], start_timeout_s)
-        children.append(
-            start(
+            ),
+            (
                 "scheduler",
+                f"{client_host}:{port}",
                 [
                     "scheduler.daemon",
                     "--model",
@@ -134,25 +143,53 @@ def serve(
                     ex_addr,
                     *scheduler_args,
                 ],
-                f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}",
+            ),
+        ]
+        for name, address, argv in plan:
+            log_file = None
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                log_file = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115
+                logs.append(log_file)
+            children.append(start(name, argv, address, log_file))
+            wait_healthy(children[-1], start_timeout_s)
+        yield LocalStack(children[-1].address, ex_addr, children)
+    finally:
+        stop(children)
+        for f in logs:
+            f.close()
+
+
+def serve(
+    model: Path,
+    host: str,
+    port: int,
+    executor_args: list[str],
+    scheduler_args: list[str],
+) -> int:
+    stop_requested = False
+
+    def on_signal(signum, frame) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with local_stack(model, host, port, executor_args, scheduler_args) as stack:
+            print(
+                f"apex: serving {model.name} on {host}:{port} "
+                f'(try: apexctl --address {stack.address} generate "Hello")',
+                flush=True,
             )
-        )
-        wait_healthy(children[-1], start_timeout_s)
-        print(
-            f"apex: serving {model.name} on {host}:{port} "
-            f'(try: apexctl --address {host}:{port} generate "Hello")',
-            flush=True,
-        )
-        while not stop_requested:
-            for child in children:
-                code = child.proc.poll()
-                if code is not None:
-                    raise LaunchError(f"{child.name} exited unexpectedly with code {code}")
-            time.sleep(0.2)
-        print("apex: stopping", file=sys.stderr, flush=True)
+            while not stop_requested:
+                for child in stack.children:
+                    code = child.proc.poll()
+                    if code is not None:
+                        raise LaunchError(f"{child.name} exited unexpectedly with code {code}")
+                time.sleep(0.2)
+            print("apex: stopping", file=sys.stderr, flush=True)
         return 0
     except LaunchError as e:
         print(f"apex: {e}", file=sys.stderr)
         return 1
-    finally:
-        stop(children)

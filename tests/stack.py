@@ -1,22 +1,24 @@
-"""Start the real stack (executor and daemon as processes) for tests and benchmarks."""
+"""The real stack (executor and daemon as processes) for tests, with logs kept per test."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from clients.apex_client import ApexClient
-from scheduler.launcher import Child, free_port, start, stop, wait_healthy
+from scheduler.launcher import LocalStack, local_stack
 
 
 @dataclass
 class Stack:
-    address: str
-    executor_address: str
-    children: list[Child]
+    local: LocalStack
     log_dir: Path
+
+    @property
+    def address(self) -> str:
+        return self.local.address
 
     def client(self, timeout: float | None = 120.0) -> ApexClient:
         return ApexClient(self.address, timeout=timeout)
@@ -29,54 +31,15 @@ class Stack:
 def running_stack(
     model: Path,
     log_dir: Path,
-    scheduler_args: list[str] = (),
-    executor_args: list[str] = (),
-    timeout_s: float = 120.0,
+    scheduler_args: Sequence[str] = (),
+    executor_args: Sequence[str] = (),
 ) -> Iterator[Stack]:
-    log_dir.mkdir(parents=True, exist_ok=True)
-    ex_port, port = free_port(), free_port()
-    children: list[Child] = []
-    with (
-        open(log_dir / "gpu-executor.log", "wb") as ex_log,
-        open(log_dir / "scheduler.log", "wb") as sched_log,
-    ):
-        try:
-            children.append(
-                start(
-                    "gpu-executor",
-                    [
-                        "gpu_executor.server",
-                        "--model",
-                        str(model),
-                        "--port",
-                        str(ex_port),
-                        "--threads",
-                        "1",
-                        *executor_args,
-                    ],
-                    f"127.0.0.1:{ex_port}",
-                    ex_log,
-                )
-            )
-            wait_healthy(children[-1], timeout_s)
-            children.append(
-                start(
-                    "scheduler",
-                    [
-                        "scheduler.daemon",
-                        "--model",
-                        str(model),
-                        "--port",
-                        str(port),
-                        "--gpu-executor",
-                        f"127.0.0.1:{ex_port}",
-                        *scheduler_args,
-                    ],
-                    f"127.0.0.1:{port}",
-                    sched_log,
-                )
-            )
-            wait_healthy(children[-1], timeout_s)
-            yield Stack(f"127.0.0.1:{port}", f"127.0.0.1:{ex_port}", children, log_dir)
-        finally:
-            stop(children)
+    # One torch thread: tests run beside each other on a 2-core CI machine.
+    with local_stack(
+        model,
+        executor_args=["--threads", "1", *executor_args],
+        scheduler_args=scheduler_args,
+        log_dir=log_dir,
+        start_timeout_s=120.0,
+    ) as local:
+        yield Stack(local, log_dir)

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-
 from apex.v1 import generation_pb2 as pb
+
 from tests.stack import running_stack
 
 PROMPT = [0, 45, 99, 301, 7, 250]
@@ -31,9 +31,19 @@ def idle(client) -> bool:
 
 def test_seeded_sampling_is_reproducible(tiny_stack):
     with tiny_stack.client() as c:
+
         def run(seed):
-            return list(c.generate(PROMPT, max_tokens=32, temperature=0.9, top_p=0.95,
-                                   top_k=50, seed=seed, ignore_eos=True).token_ids)
+            return list(
+                c.generate(
+                    PROMPT,
+                    max_tokens=32,
+                    temperature=0.9,
+                    top_p=0.95,
+                    top_k=50,
+                    seed=seed,
+                    ignore_eos=True,
+                ).token_ids
+            )
 
         # The same seed gives the same tokens, alone or sharing batches with others.
         alone = run(1234)
@@ -65,8 +75,9 @@ def test_stop_token_ends_generation_at_first_occurrence(tiny_stack):
         full = list(c.generate(PROMPT, max_tokens=40, temperature=0.0, ignore_eos=True).token_ids)
         stop_id = full[5]
         first = full.index(stop_id)
-        res = c.generate(PROMPT, max_tokens=40, temperature=0.0, ignore_eos=True,
-                         stop_token_ids=[stop_id])
+        res = c.generate(
+            PROMPT, max_tokens=40, temperature=0.0, ignore_eos=True, stop_token_ids=[stop_id]
+        )
     assert res.finish_reason == pb.FINISH_REASON_STOP_TOKEN
     assert list(res.token_ids) == full[: first + 1]
     assert res.matched_stop == str(stop_id)
@@ -77,8 +88,9 @@ def test_stop_string_truncates_text_and_never_streams_it(tiny_stack):
         full = c.generate(PROMPT, max_tokens=60, temperature=0.0, ignore_eos=True).text
         stop = full[len(full) // 2 : len(full) // 2 + 3]
         assert len(stop) == 3
-        chunks = list(c.generate_stream(PROMPT, max_tokens=60, temperature=0.0,
-                                        ignore_eos=True, stop=[stop]))
+        chunks = list(
+            c.generate_stream(PROMPT, max_tokens=60, temperature=0.0, ignore_eos=True, stop=[stop])
+        )
     text = "".join(m.text for m in chunks)
     assert chunks[-1].finish_reason == pb.FINISH_REASON_STOP_STRING
     assert chunks[-1].matched_stop == stop
@@ -89,8 +101,9 @@ def test_stop_string_truncates_text_and_never_streams_it(tiny_stack):
 def test_stream_deltas_join_to_the_unary_text(tiny_stack):
     with tiny_stack.client() as c:
         unary = c.generate("你好 🎉 Hello", max_tokens=48, temperature=0.0, ignore_eos=True)
-        chunks = list(c.generate_stream("你好 🎉 Hello", max_tokens=48, temperature=0.0,
-                                        ignore_eos=True))
+        chunks = list(
+            c.generate_stream("你好 🎉 Hello", max_tokens=48, temperature=0.0, ignore_eos=True)
+        )
     assert "".join(m.text for m in chunks) == unary.text
     assert [t for m in chunks for t in m.token_ids] == list(unary.token_ids)
     assert chunks[-1].usage.completion_tokens == 48
@@ -98,8 +111,9 @@ def test_stream_deltas_join_to_the_unary_text(tiny_stack):
 
 def test_abort_mid_stream_frees_blocks(tiny_stack):
     with tiny_stack.client() as c:
-        stream = c.generate_stream(PROMPT, request_id="to-abort", max_tokens=1500,
-                                   temperature=0.0, ignore_eos=True)
+        stream = c.generate_stream(
+            PROMPT, request_id="to-abort", max_tokens=1500, temperature=0.0, ignore_eos=True
+        )
         got = [next(stream) for _ in range(3)]
         assert c.status().tiers[0].blocks_used > 0
         assert [r.request_id for r in c.list_requests()] == ["to-abort"]

@@ -21,29 +21,42 @@ PROMPT_LENGTHS = [1, 3, 8, 17, 40, 64, 129, 250]
 OUTPUT_LENGTHS = [40, 12, 33, 24, 48, 7, 30, 20]
 
 
-def make_prompts(vocab: int, seed: int) -> list[list[int]]:
+# Preemption case: all six fit at admission (18 of 24 blocks of 16 tokens), then each
+# grows to 8-10 blocks, so the scheduler must preempt whatever the arrival timing.
+PREEMPT_PROMPT_LENGTHS = [40, 33, 50, 20, 45, 38]
+PREEMPT_OUTPUT_LENGTHS = [100, 110, 90, 120, 95, 105]
+
+
+def make_prompts(vocab: int, seed: int, lengths: list[int] = PROMPT_LENGTHS) -> list[list[int]]:
     rng = random.Random(seed)
     # Id 0 is BOS; ids from 2 up are ordinary tokens of the trained vocabulary.
-    return [[0] + [rng.randrange(2, vocab) for _ in range(n - 1)] for n in PROMPT_LENGTHS]
+    return [[0] + [rng.randrange(2, vocab) for _ in range(n - 1)] for n in lengths]
 
 
-def run_concurrently(stack: Stack, prompts: list[list[int]], stagger_s: float = 0.03):
+def run_concurrently(
+    stack: Stack,
+    prompts: list[list[int]],
+    stagger_s: float = 0.03,
+    output_lengths: list[int] = OUTPUT_LENGTHS,
+):
     def one(i: int):
         time.sleep(i * stagger_s)
         with stack.client() as c:
             return c.generate(
-                prompts[i], max_tokens=OUTPUT_LENGTHS[i], temperature=0.0, ignore_eos=True
+                prompts[i], max_tokens=output_lengths[i], temperature=0.0, ignore_eos=True
             )
 
     with ThreadPoolExecutor(len(prompts)) as pool:
         return list(pool.map(one, range(len(prompts))))
 
 
-def assert_matches_hf(model: Path, prompts: list[list[int]], results) -> None:
+def assert_matches_hf(
+    model: Path, prompts: list[list[int]], results, output_lengths: list[int] = OUTPUT_LENGTHS
+) -> None:
     for i, (prompt, res) in enumerate(zip(prompts, results, strict=True)):
-        expected = hf_greedy(model, prompt, OUTPUT_LENGTHS[i])
+        expected = hf_greedy(model, prompt, output_lengths[i])
         assert list(res.token_ids) == expected, f"prompt {i} ({len(prompt)} tokens) diverged"
-        assert res.usage.completion_tokens == OUTPUT_LENGTHS[i]
+        assert res.usage.completion_tokens == output_lengths[i]
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gqa"])
@@ -71,17 +84,19 @@ def test_text_prompts_equal_transformers(tiny_stack, models):
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gqa"])
 def test_greedy_exact_under_preemption(preset, models, tmp_path):
-    # 24 blocks of 16 tokens hold 384 tokens; the eight requests need ~900 together,
-    # so the scheduler must preempt and recompute, and still match token for token.
+    # 24 blocks of 16 tokens hold 384 tokens; the six requests need ~850 together, so
+    # the scheduler must preempt and recompute, and still match token for token.
     args = ["--gpu-blocks", "24", "--max-model-len", "384"]
     with running_stack(models[preset], tmp_path, scheduler_args=args) as stack:
         with stack.client() as c:
             vocab = c.model_info().vocab_size
-        prompts = make_prompts(vocab, seed=7)
-        results = run_concurrently(stack, prompts, stagger_s=0.0)
+        prompts = make_prompts(vocab, seed=7, lengths=PREEMPT_PROMPT_LENGTHS)
+        results = run_concurrently(
+            stack, prompts, stagger_s=0.005, output_lengths=PREEMPT_OUTPUT_LENGTHS
+        )
         with stack.client() as c:
             status = c.status()
         assert status.preemptions > 0, "the block budget was meant to force preemption"
         assert sum(r.usage.preemptions for r in results) == status.preemptions
         assert status.tiers[0].blocks_used == 0
-        assert_matches_hf(models[preset], prompts, results)
+        assert_matches_hf(models[preset], prompts, results, PREEMPT_OUTPUT_LENGTHS)

@@ -1,0 +1,97 @@
+"""The commands a user types: apex init-model, apex serve, apexctl."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from scheduler.launcher import free_port
+from tests.conftest import hf_greedy
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+
+
+def test_init_model_rejects_unknown_preset(tmp_path):
+    r = run(str(BIN / "apex"), "init-model", str(tmp_path / "m"), "--preset", "nope")
+    assert r.returncode != 0
+    assert "unknown preset 'nope'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_generate_status_and_clean_stop(tmp_path):
+    model = tmp_path / "model"
+    r = run(str(BIN / "apex"), "init-model", str(model), "--preset", "tiny-gqa")
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    env = dict(os.environ, APEX_ADDRESS=f"127.0.0.1:{port}")
+    serve = subprocess.Popen(
+        [str(BIN / "apex"), "serve", "--model", str(model), "--port", str(port), "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        ready = ""
+        deadline = time.monotonic() + 120
+        while "serving" not in ready and time.monotonic() < deadline:
+            line = serve.stdout.readline()
+            assert line or serve.poll() is None, "apex serve exited before it was ready"
+            ready = line if line.startswith("apex: serving") else ready
+        assert ready, "apex serve never said it was serving"
+
+        gen = subprocess.run(
+            [
+                str(BIN / "apexctl"),
+                "generate",
+                "The robot",
+                "--max-tokens",
+                "12",
+                "--temperature",
+                "0",
+                "--ignore-eos",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert gen.returncode == 0, gen.stderr
+        out = json.loads(gen.stdout)
+        from transformers import AutoTokenizer
+
+        prompt = AutoTokenizer.from_pretrained(str(model))("The robot").input_ids
+        assert out["token_ids"] == hf_greedy(model, prompt, 12)
+        assert out["finish_reason"] == "length" and isinstance(out["text"], str)
+
+        st = subprocess.run(
+            [str(BIN / "apexctl"), "status", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        assert st.returncode == 0, st.stderr
+        status = json.loads(st.stdout)
+        assert status["finished_requests"] == "1" and status["tiers"][0]["tier"] == "gpu"
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(60)
+    assert code == 0
+    # Both children are gone with it.
+    left = run("pgrep", "-f", f"--model {model}")
+    assert left.stdout.strip() == "", left.stdout
+
+
+def test_apexctl_says_when_the_daemon_is_down():
+    r = run(str(BIN / "apexctl"), "--address", f"127.0.0.1:{free_port()}", "status")
+    assert r.returncode != 0
+    assert "cannot reach the APEX daemon" in r.stderr and "Traceback" not in r.stderr
