@@ -1,0 +1,353 @@
+/*
+ * APEX CPU kernels: paged decode attention over the CPU KV tier, KV append, a gather
+ * into contiguous buffers (for the ONNX Runtime path), and the sequence counters of the
+ * shared-memory data plane. Plain C with OpenMP, called through ctypes (no GIL held).
+ *
+ * CPU tier layout, per layer and for K and V alike: [num_blocks][kv_heads][block_size][d]
+ * so that one head's tokens within a block are contiguous: the kernel streams them.
+ * Element types: 0 = float32, 1 = float16, 2 = bfloat16.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { F32 = 0, F16 = 1, BF16 = 2 };
+#define TILE 64
+#define MAX_GROUP 64   /* query heads per KV head */
+#define MAX_D 512
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN */
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+static inline float load(const void *p, int dtype, int64_t i) {
+    switch (dtype) {
+    case F16: return (float)((const _Float16 *)p)[i];
+    case BF16: return bf16_to_f32(((const uint16_t *)p)[i]);
+    default: return ((const float *)p)[i];
+    }
+}
+
+static inline void store(void *p, int dtype, int64_t i, float v) {
+    switch (dtype) {
+    case F16: ((_Float16 *)p)[i] = (_Float16)v; break;
+    case BF16: ((uint16_t *)p)[i] = f32_to_bf16(v); break;
+    default: ((float *)p)[i] = v;
+    }
+}
+
+static inline int elem_size(int dtype) { return dtype == F32 ? 4 : 2; }
+
+/* dst[0..n) = float(src[0..n)): the one place a cache row is widened. */
+static inline void widen(float *dst, const void *src, int dtype, int n) {
+    if (dtype == F32) {
+        memcpy(dst, src, (size_t)n * 4);
+    } else if (dtype == F16) {
+        const _Float16 *s = (const _Float16 *)src;
+        for (int i = 0; i < n; i++) dst[i] = (float)s[i];
+    } else {
+        const uint16_t *s = (const uint16_t *)src;
+        for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(s[i]);
+    }
+}
+
+static inline int64_t cache_offset(int64_t block, int head, int off, int kvh, int bs, int d) {
+    return ((block * kvh + head) * (int64_t)bs + off) * d;
+}
+
+/* Write new K/V rows ([n, kvh, d] in in_dtype) into the paged cache at the given slots. */
+void apex_append_kv(void *k_cache, void *v_cache, int cache_dtype, const void *k, const void *v,
+                    int in_dtype, const int64_t *slots, int n, int kvh, int d, int bs) {
+    for (int r = 0; r < n; r++) {
+        int64_t block = slots[r] / bs;
+        int off = (int)(slots[r] % bs);
+        for (int h = 0; h < kvh; h++) {
+            int64_t dst = cache_offset(block, h, off, kvh, bs, d);
+            int64_t src = ((int64_t)r * kvh + h) * d;
+            for (int i = 0; i < d; i++) {
+                store(k_cache, cache_dtype, dst + i, load(k, in_dtype, src + i));
+                store(v_cache, cache_dtype, dst + i, load(v, in_dtype, src + i));
+            }
+        }
+    }
+}
+
+/*
+ * One task: query heads [j*G, (j+1)*G) of row r against tokens [t0, t1) of KV head j.
+ * Online softmax in tiles: scores of a tile are computed with each K row widened once
+ * and shared by the G query heads (GQA reads the KV once for the whole group).
+ * Leaves the running max m, sum l and unnormalised acc for the caller to finish/merge.
+ */
+static void attend_range(const float *q, /* [G][d], pre-scaled */ int G, const void *k_cache,
+                         const void *v_cache, int cache_dtype, const int32_t *table, int j,
+                         int kvh, int bs, int d, int t0, int t1, float *m, float *l, float *acc) {
+    float row[MAX_D];
+    float s[MAX_GROUP][TILE];
+    for (int g = 0; g < G; g++) {
+        m[g] = -INFINITY;
+        l[g] = 0.f;
+        memset(acc + (size_t)g * d, 0, sizeof(float) * d);
+    }
+    const int esz = elem_size(cache_dtype);
+    for (int start = t0; start < t1; start += TILE) {
+        int n = t1 - start < TILE ? t1 - start : TILE;
+        for (int i = 0; i < n; i++) {
+            int t = start + i;
+            int64_t off = cache_offset(table[t / bs], j, t % bs, kvh, bs, d);
+            const float *kr;
+            if (cache_dtype == F32) {
+                kr = (const float *)k_cache + off;
+            } else {
+                widen(row, (const char *)k_cache + off * esz, cache_dtype, d);
+                kr = row;
+            }
+            for (int g = 0; g < G; g++) {
+                const float *qg = q + (size_t)g * d;
+                float dot = 0.f;
+                for (int x = 0; x < d; x++) dot += qg[x] * kr[x];
+                s[g][i] = dot;
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            float mt = m[g];
+            for (int i = 0; i < n; i++) mt = s[g][i] > mt ? s[g][i] : mt;
+            float c = expf(m[g] - mt);
+            l[g] *= c;
+            float *ag = acc + (size_t)g * d;
+            if (c != 1.f)
+                for (int x = 0; x < d; x++) ag[x] *= c;
+            for (int i = 0; i < n; i++) {
+                s[g][i] = expf(s[g][i] - mt);
+                l[g] += s[g][i];
+            }
+            m[g] = mt;
+        }
+        for (int i = 0; i < n; i++) {
+            int t = start + i;
+            int64_t off = cache_offset(table[t / bs], j, t % bs, kvh, bs, d);
+            const float *vr;
+            if (cache_dtype == F32) {
+                vr = (const float *)v_cache + off;
+            } else {
+                widen(row, (const char *)v_cache + off * esz, cache_dtype, d);
+                vr = row;
+            }
+            for (int g = 0; g < G; g++) {
+                float p = s[g][i];
+                float *ag = acc + (size_t)g * d;
+                for (int x = 0; x < d; x++) ag[x] += p * vr[x];
+            }
+        }
+    }
+}
+
+/*
+ * Decode attention for R rows (one new query token each) over the paged CPU tier.
+ * q, out: [R][H][d] in io_dtype. Each row attends to context_lens[r] tokens (the new
+ * token's K/V already appended). Long contexts are split into chunks of chunk_tokens
+ * (0: chosen so that there are at least 2 tasks per thread), merged afterwards.
+ * Returns 0, or -1 on bad arguments / no memory.
+ */
+int apex_paged_decode_attention(const void *q, int io_dtype, const void *k_cache,
+                                const void *v_cache, int cache_dtype, const int32_t *block_tables,
+                                int max_blocks, const int32_t *context_lens, void *out, int R,
+                                int H, int kvh, int d, int bs, float scale, int num_threads,
+                                int chunk_tokens) {
+    if (R <= 0) return 0;
+    if (H % kvh || H / kvh > MAX_GROUP || d > MAX_D || num_threads < 1) return -1;
+    const int G = H / kvh;
+    int max_ctx = 0;
+    for (int r = 0; r < R; r++) {
+        if (context_lens[r] < 1 || context_lens[r] > max_blocks * bs) return -1;
+        if (context_lens[r] > max_ctx) max_ctx = context_lens[r];
+    }
+    if (chunk_tokens <= 0) {
+        int want = 2 * num_threads; /* tasks wanted */
+        int splits = (want + R * kvh - 1) / (R * kvh);
+        chunk_tokens = (max_ctx + splits - 1) / splits;
+        if (chunk_tokens < 256) chunk_tokens = 256;
+    }
+    const int nchunks = (max_ctx + chunk_tokens - 1) / chunk_tokens;
+    const int64_t ntasks = (int64_t)R * kvh * nchunks;
+    /* partial results: per task, G x (m, l, acc[d]) */
+    const size_t per_task = (size_t)G * (d + 2);
+    float *part = NULL;
+    if (nchunks > 1) {
+        part = (float *)malloc(sizeof(float) * per_task * ntasks);
+        if (!part) return -1;
+    }
+
+    int failed = 0;
+#pragma omp parallel num_threads(num_threads)
+    {
+        /* per-thread scratch, allocated once per call */
+        float *qbuf = (float *)malloc(sizeof(float) * (size_t)G * d);
+        float *acc = (float *)malloc(sizeof(float) * (size_t)G * d);
+        float m[MAX_GROUP], l[MAX_GROUP];
+        if (!qbuf || !acc) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < ntasks; task++) {
+            if (!qbuf || !acc) continue;
+            int c = (int)(task % nchunks);
+            int j = (int)((task / nchunks) % kvh);
+            int r = (int)(task / ((int64_t)nchunks * kvh));
+            int ctx = context_lens[r];
+            int t0 = c * chunk_tokens;
+            int t1 = t0 + chunk_tokens < ctx ? t0 + chunk_tokens : ctx;
+            for (int g = 0; g < G; g++)
+                for (int x = 0; x < d; x++)
+                    qbuf[g * d + x] =
+                        scale * load(q, io_dtype, ((int64_t)r * H + j * G + g) * d + x);
+            if (t0 >= t1) { /* this row is shorter than the chunk: an empty partial */
+                for (int g = 0; g < G; g++) {
+                    m[g] = -INFINITY;
+                    l[g] = 0.f;
+                    memset(acc + (size_t)g * d, 0, sizeof(float) * d);
+                }
+            } else {
+                attend_range(qbuf, G, k_cache, v_cache, cache_dtype,
+                             block_tables + (int64_t)r * max_blocks, j, kvh, bs, d, t0, t1, m, l,
+                             acc);
+            }
+            if (nchunks == 1) {
+                for (int g = 0; g < G; g++) {
+                    float inv = 1.f / l[g];
+                    for (int x = 0; x < d; x++)
+                        store(out, io_dtype, ((int64_t)r * H + j * G + g) * d + x,
+                              acc[g * d + x] * inv);
+                }
+            } else {
+                float *p = part + per_task * task;
+                for (int g = 0; g < G; g++) {
+                    p[g * (d + 2)] = m[g];
+                    p[g * (d + 2) + 1] = l[g];
+                    memcpy(p + g * (d + 2) + 2, acc + (size_t)g * d, sizeof(float) * d);
+                }
+            }
+        }
+        free(qbuf);
+        free(acc);
+    }
+    if (failed) {
+        free(part);
+        return -1;
+    }
+
+    if (nchunks > 1) {
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+        for (int64_t rh = 0; rh < (int64_t)R * H; rh++) {
+            int r = (int)(rh / H), h = (int)(rh % H), j = h / G, g = h % G;
+            const float *base = part + per_task * (((int64_t)r * kvh + j) * nchunks);
+            float mx = -INFINITY;
+            for (int c = 0; c < nchunks; c++) {
+                float mc = base[per_task * c + g * (d + 2)];
+                mx = mc > mx ? mc : mx;
+            }
+            float lsum = 0.f;
+            float o[MAX_D];
+            memset(o, 0, sizeof(float) * d);
+            for (int c = 0; c < nchunks; c++) {
+                const float *p = base + per_task * c + g * (d + 2);
+                if (p[1] == 0.f) continue;
+                float w = expf(p[0] - mx);
+                lsum += p[1] * w;
+                for (int x = 0; x < d; x++) o[x] += p[2 + x] * w;
+            }
+            float inv = 1.f / lsum;
+            for (int x = 0; x < d; x++) store(out, io_dtype, rh * d + x, o[x] * inv);
+        }
+        free(part);
+    }
+    return 0;
+}
+
+/*
+ * Gather the first n_past[r] tokens of each row's paged K and V into contiguous
+ * float32 buffers [R][kvh][max_seq][d] (BNSH, what ONNX Runtime's GQA takes as past).
+ */
+void apex_gather_kv_bnsh(const void *k_cache, const void *v_cache, int cache_dtype,
+                         const int32_t *block_tables, int max_blocks, const int32_t *n_past,
+                         float *k_out, float *v_out, int R, int kvh, int d, int bs, int max_seq,
+                         int num_threads) {
+    const int esz = elem_size(cache_dtype);
+#pragma omp parallel for collapse(2) schedule(static) num_threads(num_threads)
+    for (int r = 0; r < R; r++) {
+        for (int j = 0; j < kvh; j++) {
+            const int32_t *table = block_tables + (int64_t)r * max_blocks;
+            float *kd = k_out + (((int64_t)r * kvh + j) * max_seq) * d;
+            float *vd = v_out + (((int64_t)r * kvh + j) * max_seq) * d;
+            for (int t = 0; t < n_past[r]; t += bs) {
+                int n = n_past[r] - t < bs ? n_past[r] - t : bs;
+                int64_t off = cache_offset(table[t / bs], j, 0, kvh, bs, d);
+                widen(kd + (int64_t)t * d, (const char *)k_cache + off * esz, cache_dtype, n * d);
+                widen(vd + (int64_t)t * d, (const char *)v_cache + off * esz, cache_dtype, n * d);
+            }
+        }
+    }
+}
+
+/* ---- data-plane sequence counters (in shared memory, shared between processes) ---- */
+
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline int reached(uint32_t value, uint32_t target) { return (int32_t)(value - target) >= 0; }
+
+/*
+ * Wait until *seq reaches target (wrap-safe). Spins for spin_ns, then blocks on a futex;
+ * *waiters tells the signaller that a wake-up syscall is needed. Returns 0, or -1 after
+ * timeout_ns (< 0: never).
+ */
+int apex_seq_wait(uint32_t *seq, uint32_t *waiters, uint32_t target, int64_t spin_ns,
+                  int64_t timeout_ns) {
+    int64_t t0 = now_ns();
+    while (!reached(__atomic_load_n(seq, __ATOMIC_ACQUIRE), target)) {
+        int64_t el = now_ns() - t0;
+        if (timeout_ns >= 0 && el > timeout_ns) return -1;
+        if (el < spin_ns) {
+            __builtin_ia32_pause();
+            continue;
+        }
+        __atomic_add_fetch(waiters, 1, __ATOMIC_SEQ_CST);
+        uint32_t cur = __atomic_load_n(seq, __ATOMIC_SEQ_CST);
+        if (!reached(cur, target)) {
+            struct timespec ts = {0, 10 * 1000 * 1000}; /* re-check the timeout every 10 ms */
+            syscall(SYS_futex, seq, FUTEX_WAIT, cur, &ts, NULL, 0);
+        }
+        __atomic_sub_fetch(waiters, 1, __ATOMIC_SEQ_CST);
+    }
+    return 0;
+}
+
+/* Publish a new value (release: the payload written before is visible) and wake waiters. */
+void apex_seq_signal(uint32_t *seq, uint32_t *waiters, uint32_t value) {
+    __atomic_store_n(seq, value, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(waiters, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+int apex_abi_version(void) { return 1; }
