@@ -12,12 +12,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gpu_executor.cpu_link import CpuRows
+
+TIER_GPU, TIER_CPU = 0, 1
+
 
 @dataclass(frozen=True)
 class SeqInput:
     token_ids: list[int]
     start_pos: int
-    block_table: list[int]
+    block_table: list[int]  # blocks on `tier`
+    tier: int = TIER_GPU
 
     @property
     def end_pos(self) -> int:
@@ -38,7 +43,8 @@ class PrefillSpan:
 class PackedBatch:
     input_ids: torch.Tensor  # (T,) int64
     positions: torch.Tensor  # (T,) int64
-    slot_mapping: torch.Tensor  # (T,) int64: cache slot each new token's K/V goes to
+    gpu_token_index: torch.Tensor | None  # tokens whose K/V go to the GPU tier; None: all
+    slot_mapping: torch.Tensor  # GPU-tier slot of each of those tokens
     last_token_index: torch.Tensor  # (S,) int64: flat index of each sequence's last token
     prefills: list[PrefillSpan]
     decode_token_index: torch.Tensor  # (D,) flat index of each single-token sequence
@@ -46,12 +52,18 @@ class PackedBatch:
     decode_context_lens: torch.Tensor  # (D,) int64, tokens attended incl. the new one
     num_prefill_tokens: int
     num_decode_tokens: int
+    cpu: CpuRows | None  # decode rows whose attention runs on the CPU executor
 
 
 def pack(seqs: list[SeqInput], block_size: int, device: torch.device) -> PackedBatch:
     ids: list[int] = []
     positions: list[np.ndarray] = []
     slots: list[np.ndarray] = []
+    gpu_tokens: list[np.ndarray] = []
+    cpu_index: list[int] = []
+    cpu_tables: list[list[int]] = []
+    cpu_lens: list[int] = []
+    cpu_slots: list[int] = []
     last: list[int] = []
     prefills: list[PrefillSpan] = []
     dec_index: list[int] = []
@@ -63,8 +75,18 @@ def pack(seqs: list[SeqInput], block_size: int, device: torch.device) -> PackedB
         pos = np.arange(s.start_pos, s.end_pos, dtype=np.int64)
         table = np.asarray(s.block_table, dtype=np.int64)
         positions.append(pos)
-        slots.append(table[pos // block_size] * block_size + pos % block_size)
+        slot = table[pos // block_size] * block_size + pos % block_size
         last.append(len(ids) - 1)
+        if s.tier == TIER_CPU:
+            if len(s.token_ids) != 1:
+                raise ValueError("a CPU-placed sequence must decode one token at a time")
+            cpu_index.append(start)
+            cpu_tables.append(s.block_table)
+            cpu_lens.append(s.end_pos)
+            cpu_slots.append(int(slot[0]))
+            continue
+        slots.append(slot)
+        gpu_tokens.append(np.arange(start, len(ids), dtype=np.int64))
         if len(s.token_ids) == 1:
             dec_index.append(start)
             dec_tables.append(s.block_table)
@@ -81,10 +103,15 @@ def pack(seqs: list[SeqInput], block_size: int, device: torch.device) -> PackedB
     def up(a: np.ndarray | list[int]) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=np.int64)).to(device, non_blocking=True)
 
+    empty = np.zeros(0, np.int64)
+    cpu = None
+    if cpu_index:
+        cpu = CpuRows(up(cpu_index), cpu_tables, cpu_lens, cpu_slots)
     return PackedBatch(
         input_ids=up(ids),
         positions=up(np.concatenate(positions)),
-        slot_mapping=up(np.concatenate(slots)),
+        gpu_token_index=up(np.concatenate(gpu_tokens or [empty])) if cpu_index else None,
+        slot_mapping=up(np.concatenate(slots or [empty])),
         last_token_index=up(last),
         prefills=prefills,
         decode_token_index=up(dec_index),
@@ -92,4 +119,5 @@ def pack(seqs: list[SeqInput], block_size: int, device: torch.device) -> PackedB
         decode_context_lens=up(dec_lens),
         num_prefill_tokens=sum(p.token_end - p.token_start for p in prefills),
         num_decode_tokens=len(dec_index),
+        cpu=cpu,
     )

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from gpu_executor.batch import PackedBatch
+from gpu_executor.cpu_link import CpuLink
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class LlamaRunner:
         del hf
         self.scale = self.shape.head_dim**-0.5
         self.cache: PagedKVCache | None = None
+        self.cpu_link: CpuLink | None = None
 
     def init_cache(self, num_blocks: int, block_size: int) -> int:
         self.cache = None  # release the old one first: on a GPU both may not fit
@@ -152,6 +154,11 @@ class LlamaRunner:
         if self.cache is None:
             raise RuntimeError("KV cache not initialised: InitCache must come before Step")
         s = self.shape
+        cpu, link = batch.cpu, self.cpu_link
+        if cpu is not None:
+            if link is None:
+                raise RuntimeError("CPU-placed rows but no CPU tier is attached")
+            link.begin(cpu)
         cos, sin = self.rope(batch.positions)
         x = F.embedding(batch.input_ids, self.embed)
         q_size, kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
@@ -163,8 +170,18 @@ class LlamaRunner:
             v = qkv[:, q_size + kv_size :].view(-1, s.num_kv_heads, s.head_dim)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-            self.write_kv(li, k, v, batch.slot_mapping)
-            att = self.attention(li, q, batch)
+            if cpu is None:
+                self.write_kv(li, k, v, batch.slot_mapping)
+                att = self.attention(li, q, batch)
+            else:
+                # Asynchronous overlap: the CPU rows leave first, the GPU attends to its
+                # own rows meanwhile, and the join waits only before the O projection.
+                link.send(li, q[cpu.token_index], k[cpu.token_index], v[cpu.token_index])
+                gi = batch.gpu_token_index
+                self.write_kv(li, k[gi], v[gi], batch.slot_mapping)
+                att = self.attention(li, q, batch)
+                link.publish(li)
+                att.index_copy_(0, cpu.token_index, link.receive(li, att.dtype))
             x = x + att.reshape(-1, q_size) @ lw.o.T
             h = rms_norm(x, lw.post_norm, s.rms_norm_eps)
             gate, up = (h @ lw.gate_up.T).chunk(2, dim=-1)
@@ -180,6 +197,7 @@ class LlamaRunner:
         vc.index_copy_(0, slots, v)
 
     def attention(self, li: int, q: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """Attention of the GPU-tier rows; CPU rows are left for the join to fill."""
         out = torch.empty_like(q)
         if batch.num_decode_tokens:
             qd = q.index_select(0, batch.decode_token_index)

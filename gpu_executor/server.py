@@ -18,7 +18,9 @@ import torch
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
 from common.grpc_server import add_health_and_reflection, set_serving, setup_logging
+from cpu_executor.shm import SharedMemoryError
 from gpu_executor.batch import SeqInput, pack
+from gpu_executor.cpu_link import CpuExecutorLost, CpuLink
 from gpu_executor.llama import LlamaRunner
 from gpu_executor.sampler import RowSampling, sample
 
@@ -70,19 +72,50 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
         )
         return executor_pb2.InitCacheResponse(cache_bytes=nbytes)
 
+    def AttachCpuTier(self, request, context) -> executor_pb2.AttachCpuTierResponse:
+        with self.lock:
+            try:
+                self.runner.cpu_link = CpuLink(request, self.runner.device)
+            except (SharedMemoryError, ValueError) as e:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        log.info(
+            "attached the CPU tier %s (%d blocks, %s)",
+            request.kv_segment,
+            request.dims.num_blocks,
+            request.dims.kv_dtype,
+        )
+        return executor_pb2.AttachCpuTierResponse()
+
     def Step(self, request, context) -> executor_pb2.StepResponse:
         with self.lock:
-            return self.step(request, context)
+            try:
+                return self.step(request, context)
+            except CpuExecutorLost as e:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
 
     def step(self, request, context) -> executor_pb2.StepResponse:
         t0 = time.perf_counter()
         runner = self.runner
-        if runner.cache is None:
+        cache, link = runner.cache, runner.cpu_link
+        if cache is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "InitCache has not been called")
-        seqs = [SeqInput(list(s.token_ids), s.start_pos, list(s.block_table)) for s in request.seqs]
-        batch = pack(seqs, runner.cache.block_size, runner.device)
+        if (request.swap_out or request.swap_in) and link is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no CPU tier is attached")
+        if link is not None:
+            link.swap_out(cache.k, cache.v, [(c.src, c.dst) for c in request.swap_out])
+            link.swap_in(cache.k, cache.v, [(c.src, c.dst) for c in request.swap_in])
+        t_swap = time.perf_counter()
+        seqs = [
+            SeqInput(list(s.token_ids), s.start_pos, list(s.block_table), s.tier)
+            for s in request.seqs
+        ]
+        try:
+            batch = pack(seqs, cache.block_size, runner.device)
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         logits = runner.forward(batch)
         sync(runner.device)
+        cpu_attention_s = link.finish() if batch.cpu is not None else 0.0
         t1 = time.perf_counter()
         rows = [
             RowSampling(
@@ -105,6 +138,10 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
                 sample_s=t2 - t1,
                 prefill_tokens=batch.num_prefill_tokens,
                 decode_tokens=batch.num_decode_tokens,
+                cpu_rows=len(batch.cpu.context_lens) if batch.cpu else 0,
+                swap_s=t_swap - t0,
+                cpu_attention_s=cpu_attention_s,
+                cpu_join_wait_s=link.join_wait_s if batch.cpu else 0.0,
             ),
         )
 

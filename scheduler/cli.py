@@ -30,6 +30,21 @@ def main(argv: list[str] | None = None) -> None:
     tier = srv.add_mutually_exclusive_group()
     tier.add_argument("--gpu-blocks", type=int)
     tier.add_argument("--gpu-kv-gb", type=float)
+    srv.add_argument(
+        "--placement",
+        choices=["gpu", "cpu", "auto"],
+        default="auto",
+        help="where decode attention runs (default auto: CPU when the GPU is full)",
+    )
+    srv.add_argument(
+        "--cpu-kv-gb",
+        type=float,
+        default=1.0,
+        help="CPU KV tier in shared memory, GB (0: no CPU tier or CPU executor)",
+    )
+    srv.add_argument("--cpu-kv-dtype", help="float32, float16 or bfloat16 (default: the model's)")
+    srv.add_argument("--cpu-threads", type=int, default=0, help="CPU attention threads")
+    srv.add_argument("--cpu-cores", default="", help="pin the CPU executor, e.g. 0-7")
     srv.add_argument("--block-size", type=int)
     srv.add_argument("--max-model-len", type=int)
     srv.add_argument("--max-num-seqs", type=int)
@@ -55,19 +70,29 @@ def main(argv: list[str] | None = None) -> None:
     executor_args = ["--dtype", args.dtype, "--threads", str(args.threads)]
     if args.device:
         executor_args += ["--device", args.device]
-    scheduler_args: list[str] = []
-    for flag in (
+    scheduler_args: list[str] = ["--placement", args.placement]
+    flags = (
         "gpu_blocks",
         "gpu_kv_gb",
         "block_size",
         "max_model_len",
         "max_num_seqs",
         "max_queue",
-    ):
+        "cpu_kv_dtype",
+    )
+    for flag in flags:
         value = getattr(args, flag)
         if value is not None:
             scheduler_args += ["--" + flag.replace("_", "-"), str(value)]
-    sys.exit(launcher.serve(model, args.host, args.port, executor_args, scheduler_args))
+    cpu_args = None
+    if args.cpu_kv_gb > 0:
+        scheduler_args += ["--cpu-kv-gb", str(args.cpu_kv_gb)]
+        cpu_args = ["--threads", str(args.cpu_threads)]
+        if args.cpu_cores:
+            cpu_args += ["--cores", args.cpu_cores]
+    elif args.placement == "cpu":
+        sys.exit("apex serve: --placement cpu needs a CPU tier (--cpu-kv-gb > 0)")
+    sys.exit(launcher.serve(model, args.host, args.port, executor_args, scheduler_args, cpu_args))
 
 
 if __name__ == "__main__":

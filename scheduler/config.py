@@ -38,6 +38,9 @@ class ModelSpec:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
 
 
+PLACEMENTS = ("gpu", "cpu", "auto")
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_model_len: int
@@ -46,8 +49,22 @@ class SchedulerConfig:
     max_num_seqs: int = 256  # running requests per iteration
     max_num_batched_tokens: int = 8192  # prompt tokens admitted per iteration
     max_queue: int = 1024  # waiting requests before RESOURCE_EXHAUSTED
+    num_cpu_blocks: int = 0  # 0: no CPU tier
+    placement: str = "auto"  # gpu | cpu | auto
 
     def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, not {self.placement!r}")
+        if self.num_cpu_blocks < 0:
+            raise ValueError(f"num_cpu_blocks must be >= 0, got {self.num_cpu_blocks}")
+        if self.placement == "cpu" and not self.num_cpu_blocks:
+            raise ValueError("placement cpu needs a CPU tier (num_cpu_blocks > 0)")
+        if self.num_cpu_blocks and self.blocks_for(self.max_model_len) > self.num_cpu_blocks:
+            raise ValueError(
+                f"one sequence of max_model_len={self.max_model_len} tokens needs "
+                f"{self.blocks_for(self.max_model_len)} blocks, but the CPU tier has "
+                f"{self.num_cpu_blocks}: give it more or lower --max-model-len"
+            )
         for name in (
             "max_model_len",
             "block_size",

@@ -1,20 +1,25 @@
-"""The scheduler proper: pure bookkeeping, no I/O, no torch.
+"""The scheduler proper: pure bookkeeping over two KV tiers, no I/O, no torch.
 
-`schedule()` turns the queue and the running set into one iteration's plan;
-`update(plan, tokens)` takes the executor's sampled tokens back and decides who is
-finished. Everything in between (the RPC, detokenizing, streaming) lives in the engine,
-so this class can be unit-tested, and later stepped by a simulator, without executors.
+`schedule()` turns the queue and the running set into one iteration's plan: which
+sequences run, on which tier their attention runs, and which KV blocks move between
+tiers before the forward pass; `update(plan, tokens)` takes the sampled tokens back and
+decides who is finished. Everything else (RPCs, detokenizing, streaming) lives in the
+engine, so this class is unit-tested, and can be stepped by a simulator, on its own.
+
+Block moves in one plan go one way only (GPU->CPU or CPU->GPU): a block freed by a move
+can be handed out again in the same plan, which is only safe if every copy out of a
+tier runs before any copy into it.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scheduler.block_manager import BlockAllocator
 from scheduler.config import SchedulerConfig
-from scheduler.request import FinishReason, Request, Status
+from scheduler.request import FinishReason, Request, Status, Tier
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,8 @@ class SeqPlan:
     request: Request
     token_ids: list[int]  # what to feed this iteration
     start_pos: int  # position of token_ids[0]
+    tier: Tier
+    block_table: list[int]
 
     @property
     def is_prefill(self) -> bool:
@@ -33,10 +40,16 @@ class StepPlan:
     step_id: int
     seqs: list[SeqPlan]
     preempted: list[Request]
+    swap_out: list[tuple[int, int]] = field(default_factory=list)  # (gpu block, cpu block)
+    swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu block, gpu block)
 
     @property
     def num_prefill_tokens(self) -> int:
         return sum(len(s.token_ids) for s in self.seqs if s.is_prefill)
+
+    @property
+    def num_cpu_rows(self) -> int:
+        return sum(1 for s in self.seqs if s.tier is Tier.CPU)
 
 
 class Scheduler:
@@ -44,11 +57,18 @@ class Scheduler:
         self.config = config
         self.eos_token_ids = eos_token_ids
         self.gpu = BlockAllocator(config.num_gpu_blocks, "gpu")
+        self.cpu = BlockAllocator(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
+        self.placement = config.placement
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self.swapped: list[Request] = []
         self.requests: dict[str, Request] = {}
         self.step_id = 0
         self.num_preemptions = 0
+        self.num_swap_outs = 0
+        self.num_swap_ins = 0
+        self._out: list[tuple[int, int]] = []
+        self._in: list[tuple[int, int]] = []
 
     # -- intake ---------------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -61,34 +81,144 @@ class Scheduler:
         return len(self.waiting) >= self.config.max_queue
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.swapped)
+
+    def alloc(self, tier: Tier) -> BlockAllocator:
+        if tier is Tier.GPU:
+            return self.gpu
+        if self.cpu is None:
+            raise RuntimeError("no CPU tier")
+        return self.cpu
+
+    def pin(self, request_id: str, tier: Tier) -> bool:
+        """Operator lever: move this request's KV to `tier` when possible, and keep it there."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return False
+        if tier is Tier.CPU and self.cpu is None:
+            raise ValueError("there is no CPU tier to migrate to")
+        req.target_tier, req.pinned = tier, True
+        return True
 
     # -- planning -------------------------------------------------------------------
     def schedule(self) -> StepPlan | None:
-        """One iteration: every running request decodes one token, then new ones join."""
-        cfg = self.config
+        """Every running request decodes one token; moves happen; new requests join."""
+        self._out, self._in = [], []
         preempted: list[Request] = []
-        decodes: list[Request] = []
+        decodes = self.grow_running(preempted)
+        self.move_to_targets(decodes)
+        if not preempted:
+            self.swap_in_when_room(decodes)
+        self.running = decodes
+        seqs = [
+            SeqPlan(r, r.all_ids[r.num_computed :], r.num_computed, r.tier, list(r.block_table))
+            for r in decodes
+        ]
+        if not preempted and not self.swapped:
+            seqs += self.admit()
+        if not seqs:
+            return None
+        self.step_id += 1
+        return StepPlan(self.step_id, seqs, preempted, self._out, self._in)
+
+    def grow_running(self, preempted: list[Request]) -> list[Request]:
+        """Give each running request room for its next token, oldest first. On a full
+        tier the newest request of that tier is evicted: to the CPU tier if it can take
+        it (swap-out instead of recompute), else preempted for recompute."""
         queue = list(self.running)
+        decodes: list[Request] = []
         while queue:
             req = queue.pop(0)
-            need = cfg.blocks_for(req.num_tokens) - len(req.block_table)
-            while need > self.gpu.num_free:
-                # Out of blocks: recompute the newest request later (vLLM's policy),
-                # which may be this one.
-                victim = queue.pop() if queue else req
-                self.preempt(victim)
-                preempted.append(victim)
-                if victim is req:
+            while True:
+                alloc = self.alloc(req.tier)
+                need = self.config.blocks_for(req.num_tokens) - len(req.block_table)
+                if need <= alloc.num_free:
+                    req.block_table += alloc.allocate(need)
+                    decodes.append(req)
                     break
-            else:
-                req.block_table += self.gpu.allocate(need)
-                decodes.append(req)
-        self.running = decodes
-        seqs = [SeqPlan(r, r.all_ids[r.num_computed :], r.num_computed) for r in decodes]
+                victim = next((r for r in reversed(queue) if r.tier is req.tier), req)
+                still_running = self.evict(victim, preempted)
+                if victim is not req:
+                    if not still_running:
+                        queue.remove(victim)
+                    continue
+                if not still_running:
+                    break
+        return decodes
 
+    def evict(self, victim: Request, preempted: list[Request]) -> bool:
+        """Free the victim's blocks on its tier; True if it keeps decoding on the CPU."""
+        victim.pinned, victim.target_tier = False, None
+        if victim.tier is Tier.GPU and self.cpu is not None and self.move(victim, Tier.CPU):
+            if self.placement == "gpu":  # attention stays on the GPU: park it
+                victim.status = Status.SWAPPED
+                self.swapped.append(victim)
+                return False
+            return True
+        self.preempt(victim)
+        preempted.append(victim)
+        return False
+
+    def move_to_targets(self, decodes: list[Request]) -> None:
+        """Requests placed (or pinned) on the other tier move there once it has room."""
+        for req in [*decodes, *self.swapped]:
+            if req.target_tier is None or req.target_tier is req.tier:
+                continue
+            if self.move(req, req.target_tier) and req.status is Status.SWAPPED:
+                self.resume(req, decodes)
+
+    def swap_in_when_room(self, decodes: list[Request]) -> None:
+        """Back to the GPU, oldest first, when its whole remaining future fits there."""
+        if self.cpu is None or self.placement == "cpu" or self._out:
+            return
+        parked = [*self.swapped, *(r for r in decodes if r.tier is Tier.CPU and not r.pinned)]
+        parked.sort(key=lambda r: r.arrival_time)
+        for req in parked:
+            future = self.config.blocks_for(
+                min(req.num_tokens + req.remaining_tokens, self.config.max_model_len)
+            )
+            if self.gpu.num_free < future or not self.move(req, Tier.GPU):
+                break
+            req.target_tier = None
+            if req.status is Status.SWAPPED:
+                self.resume(req, decodes)
+
+    def resume(self, req: Request, decodes: list[Request]) -> None:
+        self.swapped.remove(req)
+        req.status = Status.RUNNING
+        decodes.append(req)
+
+    def move(self, req: Request, to: Tier) -> bool:
+        """Move the request's KV to the other tier: new blocks there (room for the token
+        this step adds), copies of the blocks holding KV, the old blocks freed."""
+        if to is req.tier:
+            return True
+        if self._in if to is Tier.CPU else self._out:
+            return False  # one direction per plan
+        dst = self.alloc(to)
+        need = self.config.blocks_for(req.num_tokens)
+        if dst.num_free < need:
+            return False
+        new = dst.allocate(need)
+        used = self.config.blocks_for(req.num_computed)
+        pairs = list(zip(req.block_table[:used], new[:used], strict=True))
+        if to is Tier.CPU:
+            self._out += pairs
+            self.num_swap_outs += 1
+        else:
+            self._in += pairs
+            self.num_swap_ins += 1
+        self.alloc(req.tier).free(req.block_table)
+        req.block_table, req.tier = new, to
+        req.migrations += 1
+        return True
+
+    def admit(self) -> list[SeqPlan]:
+        """New (and preempted) requests join, FCFS, prefilled on the GPU tier."""
+        cfg = self.config
+        seqs: list[SeqPlan] = []
         budget = cfg.max_num_batched_tokens
-        while self.waiting and len(self.running) < cfg.max_num_seqs and not preempted:
+        while self.waiting and len(self.running) < cfg.max_num_seqs:
             req = self.waiting[0]
             n = req.num_tokens
             if n > budget and budget < cfg.max_num_batched_tokens:
@@ -98,19 +228,33 @@ class Scheduler:
                 break
             self.waiting.popleft()
             req.block_table = self.gpu.allocate(need)
+            req.tier = Tier.GPU
             req.status = Status.RUNNING
+            if not req.pinned:
+                req.target_tier = self.initial_target(req)
             self.running.append(req)
-            seqs.append(SeqPlan(req, req.all_ids, 0))
+            seqs.append(SeqPlan(req, req.all_ids, 0, Tier.GPU, list(req.block_table)))
             budget -= n
-        if not seqs:
+        return seqs
+
+    def initial_target(self, req: Request) -> Tier | None:
+        """The fixed placement rule: cpu sends everything to the CPU tier after prefill;
+        auto keeps a request on the GPU if its whole future fits beside what is left."""
+        if self.cpu is None or self.placement == "gpu":
             return None
-        self.step_id += 1
-        return StepPlan(self.step_id, seqs, preempted)
+        if self.placement == "cpu":
+            return Tier.CPU
+        future = self.config.blocks_for(req.num_tokens + req.remaining_tokens)
+        growth = future - len(req.block_table)
+        return None if growth <= self.gpu.num_free else Tier.CPU
 
     def preempt(self, req: Request) -> None:
         """Free the request's blocks and requeue it first; its tokens are kept for recompute."""
-        self.gpu.free(req.block_table)
+        self.alloc(req.tier).free(req.block_table)
+        if req.status is Status.SWAPPED:
+            self.swapped.remove(req)
         req.block_table = []
+        req.tier = Tier.GPU
         req.num_computed = 0
         req.status = Status.WAITING
         req.preemptions += 1
@@ -150,11 +294,10 @@ class Scheduler:
         """End a request (stop, length, abort) and free its blocks at once."""
         if req.finished:
             return
-        if req.status is Status.RUNNING:
-            self.running.remove(req)
-        elif req.status is Status.WAITING:
-            self.waiting.remove(req)
-        self.gpu.free(req.block_table)
+        {Status.RUNNING: self.running, Status.WAITING: self.waiting, Status.SWAPPED: self.swapped}[
+            req.status
+        ].remove(req)
+        self.alloc(req.tier).free(req.block_table)
         req.block_table = []
         req.status = Status.FINISHED
         req.finish_reason = reason
@@ -169,9 +312,10 @@ class Scheduler:
         return req
 
     def requeue_running(self) -> list[Request]:
-        """The executor lost its cache (it died): recompute everything that was running."""
-        lost = list(self.running)
+        """An executor lost its state: recompute everything that held KV."""
+        lost = [*self.running, *self.swapped]
         for req in reversed(lost):
-            self.running.remove(req)
-            self.preempt(req)
+            if req.status is Status.RUNNING:
+                self.running.remove(req)
+            self.preempt(req)  # takes swapped requests off their list itself
         return lost

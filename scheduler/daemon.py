@@ -9,13 +9,19 @@ import signal
 import time
 
 import grpc
-from apex.v1 import admin_pb2, admin_pb2_grpc, generation_pb2, generation_pb2_grpc
+from apex.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    executor_pb2,
+    generation_pb2,
+    generation_pb2_grpc,
+)
 
 from common.grpc_server import add_health_and_reflection, set_serving, setup_logging
 from scheduler.config import ModelSpec, SchedulerConfig
 from scheduler.core import Scheduler
 from scheduler.engine import Engine
-from scheduler.executor_client import GpuExecutorClient
+from scheduler.executor_client import CpuExecutorClient, GpuExecutorClient
 from scheduler.service import AdminService, GenerationService
 from scheduler.tokenizer import TextTokenizer
 from scheduler.validation import Limits
@@ -39,6 +45,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tier = ap.add_mutually_exclusive_group()
     tier.add_argument("--gpu-blocks", type=int, help="GPU KV tier size in blocks")
     tier.add_argument("--gpu-kv-gb", type=float, help="GPU KV tier size in GB (1e9 bytes)")
+    ap.add_argument("--cpu-executor", default="", help="host:port; empty: no CPU tier")
+    cpu = ap.add_mutually_exclusive_group()
+    cpu.add_argument("--cpu-blocks", type=int, help="CPU KV tier size in blocks")
+    cpu.add_argument("--cpu-kv-gb", type=float, help="CPU KV tier size in GB (default 1)")
+    ap.add_argument(
+        "--cpu-kv-dtype",
+        default="",
+        help="CPU tier storage: float32, float16, bfloat16 (default: the model's)",
+    )
+    ap.add_argument(
+        "--placement",
+        default="auto",
+        choices=["gpu", "cpu", "auto"],
+        help="where decode attention runs: gpu (CPU tier only for swapping), "
+        "cpu (every request after prefill), auto (CPU when the GPU is full)",
+    )
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--max-model-len", type=int, default=0, help="0: the model's own")
     ap.add_argument("--max-num-seqs", type=int, default=256)
@@ -64,7 +86,7 @@ def gpu_blocks(args: argparse.Namespace, bytes_per_block: int, free_bytes: int) 
     return int(CPU_DEFAULT_KV_GB * 1e9 // bytes_per_block)
 
 
-async def wait_for_executor(client: GpuExecutorClient, wait_s: float):
+async def wait_for(client: GpuExecutorClient | CpuExecutorClient, name: str, wait_s: float):
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -72,17 +94,70 @@ async def wait_for_executor(client: GpuExecutorClient, wait_s: float):
         except grpc.aio.AioRpcError as e:
             if time.monotonic() > deadline:
                 raise SystemExit(
-                    f"apex-scheduler: GPU executor at {client.address} did not answer in "
-                    f"{wait_s:.0f} s ({e.code().name}); is apex-gpu-executor running there?"
+                    f"apex-scheduler: {name} at {client.address} did not answer in "
+                    f"{wait_s:.0f} s ({e.code().name}); is it running there?"
                 ) from e
             await asyncio.sleep(0.2)
+
+
+async def setup_cpu_tier(
+    args: argparse.Namespace, spec: ModelSpec, info, gpu: GpuExecutorClient, max_len: int
+) -> int:
+    """Size the CPU tier, have the CPU executor create it, the GPU executor attach it."""
+    if not args.cpu_executor:
+        if args.placement == "cpu":
+            raise SystemExit("apex-scheduler: --placement cpu needs --cpu-executor")
+        return 0
+    client = CpuExecutorClient(args.cpu_executor)
+    await wait_for(client, "CPU executor", args.executor_wait_s)
+    kv_dtype = args.cpu_kv_dtype or info.dtype
+    if kv_dtype not in DTYPE_BYTES:
+        raise SystemExit(f"apex-scheduler: --cpu-kv-dtype must be one of {sorted(DTYPE_BYTES)}")
+    per_block = spec.kv_bytes_per_token(DTYPE_BYTES[kv_dtype]) * args.block_size
+    blocks = (
+        args.cpu_blocks
+        if args.cpu_blocks is not None
+        else int((args.cpu_kv_gb if args.cpu_kv_gb is not None else 1.0) * 1e9 // per_block)
+    )
+    if blocks <= 0:
+        return 0
+    request = executor_pb2.InitTierRequest(
+        num_layers=spec.num_layers,
+        num_blocks=blocks,
+        block_size=args.block_size,
+        num_heads=info.num_attention_heads,
+        num_kv_heads=spec.num_kv_heads,
+        head_dim=spec.head_dim,
+        kv_dtype=kv_dtype,
+        io_dtype=info.dtype,
+        max_rows=args.max_num_seqs,
+        max_blocks_per_seq=-(-max_len // args.block_size),
+    )
+    try:
+        layout = await client.init_tier(request)
+        await gpu.attach_cpu_tier(layout)
+    except grpc.aio.AioRpcError as e:
+        raise SystemExit(
+            f"apex-scheduler: the CPU KV tier could not be set up: {e.details()}"
+        ) from e
+    finally:
+        await client.close()
+    log.info(
+        "CPU tier: %d blocks of %d tokens, %s (%.1f MiB in /dev/shm/%s)",
+        blocks,
+        args.block_size,
+        kv_dtype,
+        layout.kv_bytes / 2**20,
+        layout.kv_segment,
+    )
+    return blocks
 
 
 async def serve(args: argparse.Namespace) -> None:
     spec = ModelSpec.from_dir(args.model)
     tokenizer = TextTokenizer(args.model)
     client = GpuExecutorClient(args.gpu_executor)
-    info = await wait_for_executor(client, args.executor_wait_s)
+    info = await wait_for(client, "GPU executor", args.executor_wait_s)
     bytes_per_block = spec.kv_bytes_per_token(DTYPE_BYTES[info.dtype]) * args.block_size
     num_blocks = gpu_blocks(args, bytes_per_block, info.free_device_memory_bytes)
     max_len = args.max_model_len or spec.max_position_embeddings
@@ -95,6 +170,7 @@ async def serve(args: argparse.Namespace) -> None:
     if fits < max_len and not args.max_model_len:
         log.warning("the GPU tier holds %d tokens; max_model_len lowered from %d", fits, max_len)
         max_len = fits
+    cpu_blocks = await setup_cpu_tier(args, spec, info, client, max_len)
     try:
         config = SchedulerConfig(
             max_model_len=max_len,
@@ -103,6 +179,8 @@ async def serve(args: argparse.Namespace) -> None:
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=max(args.max_num_batched_tokens, max_len),
             max_queue=args.max_queue,
+            num_cpu_blocks=cpu_blocks,
+            placement=args.placement if cpu_blocks else "gpu",
         )
     except ValueError as e:
         raise SystemExit(f"apex-scheduler: {e}") from e

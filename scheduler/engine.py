@@ -152,6 +152,7 @@ class Engine:
         updated = self.scheduler.update(plan, tokens)
         now = time.monotonic()
         self.stats.iterations += 1
+        self.stats.last_strategy = "async-overlap" if plan.num_cpu_rows else "gpu-only"
         self.stats.generated_tokens += len(updated)
         self.stats.window.append((now, len(updated)))
         for req in updated:

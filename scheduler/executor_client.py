@@ -6,6 +6,7 @@ import grpc
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
 from scheduler.core import StepPlan
+from scheduler.request import Tier
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 2**20),
@@ -35,7 +36,8 @@ class GpuExecutorClient:
                 request_id=s.request.request_id,
                 token_ids=s.token_ids,
                 start_pos=s.start_pos,
-                block_table=s.request.block_table,
+                block_table=s.block_table,
+                tier=executor_pb2.TIER_CPU if s.tier is Tier.CPU else executor_pb2.TIER_GPU,
                 sampling=executor_pb2.SamplingSpec(
                     temperature=s.request.sampling.temperature,
                     top_p=s.request.sampling.top_p,
@@ -45,8 +47,34 @@ class GpuExecutorClient:
             )
             for s in plan.seqs
         ]
-        req = executor_pb2.StepRequest(step_id=plan.step_id, seqs=seqs)
+        req = executor_pb2.StepRequest(
+            step_id=plan.step_id,
+            seqs=seqs,
+            swap_out=[executor_pb2.BlockCopy(src=a, dst=b) for a, b in plan.swap_out],
+            swap_in=[executor_pb2.BlockCopy(src=a, dst=b) for a, b in plan.swap_in],
+        )
         return await self.stub.Step(req, timeout=timeout)
+
+    async def attach_cpu_tier(self, layout: executor_pb2.CpuTierLayout) -> None:
+        await self.stub.AttachCpuTier(layout, timeout=60.0)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class CpuExecutorClient:
+    """Start-up only: the per-layer traffic goes through shared memory, not gRPC."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = executor_pb2_grpc.CpuExecutorStub(self.channel)
+
+    async def info(self, timeout: float = 5.0) -> executor_pb2.CpuExecutorInfo:
+        return await self.stub.GetInfo(executor_pb2.ExecutorInfoRequest(), timeout=timeout)
+
+    async def init_tier(self, request: executor_pb2.InitTierRequest) -> executor_pb2.CpuTierLayout:
+        return await self.stub.InitTier(request, timeout=120.0)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -103,11 +103,13 @@ def local_stack(
     scheduler_args: Sequence[str] = (),
     log_dir: Path | None = None,
     start_timeout_s: float = 300.0,
+    cpu_executor_args: Sequence[str] | None = None,
 ) -> Iterator[LocalStack]:
-    """Executor, then daemon, each healthy before the next; stopped in reverse on exit.
+    """Executors, then the daemon, each healthy before the next; stopped in reverse.
 
-    port 0 picks a free port. With log_dir, each process logs to its own file there;
-    without, they share the caller's terminal.
+    port 0 picks a free port. cpu_executor_args None: no CPU executor (GPU tier only).
+    With log_dir, each process logs to its own file there; without, they share the
+    caller's terminal.
     """
     children: list[Child] = []
     logs: list = []
@@ -115,7 +117,13 @@ def local_stack(
         ex_addr = f"127.0.0.1:{free_port()}"
         port = port or free_port(host)
         client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        plan = [
+        plan: list[tuple[str, str, list[str]]] = []
+        if cpu_executor_args is not None:
+            cpu_addr = f"127.0.0.1:{free_port()}"
+            cpu_argv = ["cpu_executor.server", "--port", cpu_addr.split(":")[1]]
+            plan.append(("cpu-executor", cpu_addr, [*cpu_argv, *cpu_executor_args]))
+            scheduler_args = ["--cpu-executor", cpu_addr, *scheduler_args]
+        plan += [
             (
                 "gpu-executor",
                 ex_addr,
@@ -166,6 +174,7 @@ def serve(
     port: int,
     executor_args: list[str],
     scheduler_args: list[str],
+    cpu_executor_args: list[str] | None,
 ) -> int:
     stop_requested = False
 
@@ -176,7 +185,9 @@ def serve(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        with local_stack(model, host, port, executor_args, scheduler_args) as stack:
+        with local_stack(
+            model, host, port, executor_args, scheduler_args, cpu_executor_args=cpu_executor_args
+        ) as stack:
             print(
                 f"apex: serving {model.name} on {host}:{port} "
                 f'(try: apexctl --address {stack.address} generate "Hello")',

@@ -19,7 +19,13 @@ class FinishReason(enum.IntEnum):
 class Status(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    SWAPPED = "swapped"  # KV parked on the CPU tier, not decoding (placement gpu)
     FINISHED = "finished"
+
+
+class Tier(enum.Enum):
+    GPU = "gpu"
+    CPU = "cpu"
 
 
 @dataclass(frozen=True)
@@ -54,11 +60,15 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     output_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
+    tier: Tier = Tier.GPU  # where the KV (block_table) lives; prefill is always on the GPU
+    target_tier: Tier | None = None  # where placement wants it; None: wherever it is
+    pinned: bool = False  # target set by an operator: automatic moves leave it alone
     block_table: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
     finish_reason: FinishReason | None = None
     matched_stop: str = ""
     preemptions: int = 0
+    migrations: int = 0
     first_token_time: float | None = None
     finish_time: float | None = None
 
@@ -69,6 +79,10 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def remaining_tokens(self) -> int:
+        return self.sampling.max_tokens - len(self.output_ids)
 
     @property
     def finished(self) -> bool:

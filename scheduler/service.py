@@ -9,8 +9,15 @@ import grpc
 from apex.v1 import admin_pb2, admin_pb2_grpc, generation_pb2, generation_pb2_grpc
 
 from scheduler.engine import Engine, EngineError, OutputDelta, QueueFull, RequestStream
-from scheduler.request import Status
+from scheduler.request import Status, Tier
 from scheduler.validation import InvalidRequest, Limits, build_request
+
+STATES = {
+    Status.WAITING: admin_pb2.REQUEST_STATE_WAITING,
+    Status.RUNNING: admin_pb2.REQUEST_STATE_RUNNING,
+    Status.SWAPPED: admin_pb2.REQUEST_STATE_SWAPPED,
+}
+TIERS = {Tier.GPU: admin_pb2.KV_TIER_GPU, Tier.CPU: admin_pb2.KV_TIER_CPU}
 
 
 def usage_proto(delta: OutputDelta) -> generation_pb2.Usage | None:
@@ -116,11 +123,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             num_running=len(s.running),
             tiers=[
                 admin_pb2.TierUsage(
-                    tier="gpu",
-                    blocks_total=s.gpu.num_total,
-                    blocks_used=s.gpu.num_used,
+                    tier=a.tier,
+                    blocks_total=a.num_total,
+                    blocks_used=a.num_used,
                     block_size=s.config.block_size,
                 )
+                for a in (s.gpu, s.cpu)
+                if a is not None
             ],
             iterations=st.iterations,
             generated_tokens=st.generated_tokens,
@@ -131,6 +140,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             finished_requests=st.finished_requests,
             rejected_requests=st.rejected_requests,
             max_queue=s.config.max_queue,
+            placement=s.placement,
+            swap_outs=s.num_swap_outs,
+            swap_ins=s.num_swap_ins,
+            num_swapped=len(s.swapped),
         )
 
     async def ListRequests(self, request, context):
@@ -138,15 +151,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         infos = [
             admin_pb2.RequestInfo(
                 request_id=r.request_id,
-                state=admin_pb2.REQUEST_STATE_RUNNING
-                if r.status is Status.RUNNING
-                else admin_pb2.REQUEST_STATE_WAITING,
+                state=STATES[r.status],
                 prompt_tokens=len(r.prompt_ids),
                 output_tokens=len(r.output_ids),
                 max_tokens=r.sampling.max_tokens,
-                gpu_blocks=len(r.block_table),
+                gpu_blocks=len(r.block_table) if r.tier is Tier.GPU else 0,
+                cpu_blocks=len(r.block_table) if r.tier is Tier.CPU else 0,
+                tier=TIERS[r.tier],
                 age_s=now - r.arrival_time,
                 preemptions=r.preemptions,
+                migrations=r.migrations,
             )
             for r in self.engine.scheduler.requests.values()
         ]
@@ -154,3 +168,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     async def Abort(self, request, context):
         return generation_pb2.AbortResponse(found=self.engine.abort(request.request_id))
+
+    async def Migrate(self, request, context):
+        tier = {admin_pb2.KV_TIER_GPU: Tier.GPU, admin_pb2.KV_TIER_CPU: Tier.CPU}.get(request.tier)
+        if tier is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tier: must be GPU or CPU")
+        try:
+            found = self.engine.scheduler.pin(request.request_id, tier)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        self.engine.wake.set()
+        return admin_pb2.MigrateResponse(found=found)

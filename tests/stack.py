@@ -33,13 +33,17 @@ def running_stack(
     log_dir: Path,
     scheduler_args: Sequence[str] = (),
     executor_args: Sequence[str] = (),
+    cpu_executor_args: Sequence[str] | None = None,
 ) -> Iterator[Stack]:
-    # One torch thread: tests run beside each other on a 2-core CI machine.
+    """cpu_executor_args None: GPU tier only; a list (maybe empty): with a CPU tier."""
+    # One thread each: tests run beside each other on a 2-core CI machine.
+    cpu_args = None if cpu_executor_args is None else ["--threads", "1", *cpu_executor_args]
     with local_stack(
         model,
         executor_args=["--threads", "1", *executor_args],
         scheduler_args=scheduler_args,
         log_dir=log_dir,
         start_timeout_s=120.0,
+        cpu_executor_args=cpu_args,
     ) as local:
         yield Stack(local, log_dir)

@@ -8,14 +8,39 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class KvTier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KV_TIER_UNSPECIFIED: _ClassVar[KvTier]
+    KV_TIER_GPU: _ClassVar[KvTier]
+    KV_TIER_CPU: _ClassVar[KvTier]
+
 class RequestState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REQUEST_STATE_UNSPECIFIED: _ClassVar[RequestState]
     REQUEST_STATE_WAITING: _ClassVar[RequestState]
     REQUEST_STATE_RUNNING: _ClassVar[RequestState]
+    REQUEST_STATE_SWAPPED: _ClassVar[RequestState]
+KV_TIER_UNSPECIFIED: KvTier
+KV_TIER_GPU: KvTier
+KV_TIER_CPU: KvTier
 REQUEST_STATE_UNSPECIFIED: RequestState
 REQUEST_STATE_WAITING: RequestState
 REQUEST_STATE_RUNNING: RequestState
+REQUEST_STATE_SWAPPED: RequestState
+
+class MigrateRequest(_message.Message):
+    __slots__ = ("request_id", "tier")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    tier: KvTier
+    def __init__(self, request_id: _Optional[str] = ..., tier: _Optional[_Union[KvTier, str]] = ...) -> None: ...
+
+class MigrateResponse(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: _Optional[bool] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -34,7 +59,7 @@ class TierUsage(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., blocks_total: _Optional[int] = ..., blocks_used: _Optional[int] = ..., block_size: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("model", "num_waiting", "num_running", "tiers", "iterations", "generated_tokens", "preemptions", "tokens_per_s", "uptime_s", "strategy", "finished_requests", "rejected_requests", "max_queue")
+    __slots__ = ("model", "num_waiting", "num_running", "tiers", "iterations", "generated_tokens", "preemptions", "tokens_per_s", "uptime_s", "strategy", "finished_requests", "rejected_requests", "max_queue", "placement", "swap_outs", "swap_ins", "num_swapped")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +73,10 @@ class StatusResponse(_message.Message):
     FINISHED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     REJECTED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    SWAP_OUTS_FIELD_NUMBER: _ClassVar[int]
+    SWAP_INS_FIELD_NUMBER: _ClassVar[int]
+    NUM_SWAPPED_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_waiting: int
     num_running: int
@@ -61,14 +90,18 @@ class StatusResponse(_message.Message):
     finished_requests: int
     rejected_requests: int
     max_queue: int
-    def __init__(self, model: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ..., iterations: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., preemptions: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., strategy: _Optional[str] = ..., finished_requests: _Optional[int] = ..., rejected_requests: _Optional[int] = ..., max_queue: _Optional[int] = ...) -> None: ...
+    placement: str
+    swap_outs: int
+    swap_ins: int
+    num_swapped: int
+    def __init__(self, model: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ..., iterations: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., preemptions: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., strategy: _Optional[str] = ..., finished_requests: _Optional[int] = ..., rejected_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., placement: _Optional[str] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., num_swapped: _Optional[int] = ...) -> None: ...
 
 class ListRequestsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class RequestInfo(_message.Message):
-    __slots__ = ("request_id", "state", "prompt_tokens", "output_tokens", "max_tokens", "gpu_blocks", "age_s", "preemptions")
+    __slots__ = ("request_id", "state", "prompt_tokens", "output_tokens", "max_tokens", "gpu_blocks", "age_s", "preemptions", "tier", "cpu_blocks", "migrations")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +110,9 @@ class RequestInfo(_message.Message):
     GPU_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     AGE_S_FIELD_NUMBER: _ClassVar[int]
     PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    CPU_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     state: RequestState
     prompt_tokens: int
@@ -85,7 +121,10 @@ class RequestInfo(_message.Message):
     gpu_blocks: int
     age_s: float
     preemptions: int
-    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[_Union[RequestState, str]] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., gpu_blocks: _Optional[int] = ..., age_s: _Optional[float] = ..., preemptions: _Optional[int] = ...) -> None: ...
+    tier: KvTier
+    cpu_blocks: int
+    migrations: int
+    def __init__(self, request_id: _Optional[str] = ..., state: _Optional[_Union[RequestState, str]] = ..., prompt_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., gpu_blocks: _Optional[int] = ..., age_s: _Optional[float] = ..., preemptions: _Optional[int] = ..., tier: _Optional[_Union[KvTier, str]] = ..., cpu_blocks: _Optional[int] = ..., migrations: _Optional[int] = ...) -> None: ...
 
 class ListRequestsResponse(_message.Message):
     __slots__ = ("requests",)

@@ -50,6 +50,11 @@ class AdminStub:
                 request_serializer=apex_dot_v1_dot_generation__pb2.AbortRequest.SerializeToString,
                 response_deserializer=apex_dot_v1_dot_generation__pb2.AbortResponse.FromString,
                 _registered_method=True)
+        self.Migrate = channel.unary_unary(
+                '/apex.v1.Admin/Migrate',
+                request_serializer=apex_dot_v1_dot_admin__pb2.MigrateRequest.SerializeToString,
+                response_deserializer=apex_dot_v1_dot_admin__pb2.MigrateResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -73,6 +78,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Migrate(self, request, context):
+        """Moves a live request's KV to the given tier (and pins it there) at the next
+        iteration; its decode attention then runs where its KV lives.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +103,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Abort,
                     request_deserializer=apex_dot_v1_dot_generation__pb2.AbortRequest.FromString,
                     response_serializer=apex_dot_v1_dot_generation__pb2.AbortResponse.SerializeToString,
+            ),
+            'Migrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Migrate,
+                    request_deserializer=apex_dot_v1_dot_admin__pb2.MigrateRequest.FromString,
+                    response_serializer=apex_dot_v1_dot_admin__pb2.MigrateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +191,33 @@ class Admin:
             '/apex.v1.Admin/Abort',
             apex_dot_v1_dot_generation__pb2.AbortRequest.SerializeToString,
             apex_dot_v1_dot_generation__pb2.AbortResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Migrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apex.v1.Admin/Migrate',
+            apex_dot_v1_dot_admin__pb2.MigrateRequest.SerializeToString,
+            apex_dot_v1_dot_admin__pb2.MigrateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61pex/v1/executor.proto\x12\x07\x61pex.v1\"\x15\n\x13\x45xecutorInfoRequest\"\xac\x02\n\x0c\x45xecutorInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x05 \x01(\x05\x12\x1b\n\x13num_attention_heads\x18\x06 \x01(\x05\x12\x14\n\x0cnum_kv_heads\x18\x07 \x01(\x05\x12\x10\n\x08head_dim\x18\x08 \x01(\x05\x12\x12\n\nvocab_size\x18\t \x01(\x05\x12\x1f\n\x17max_position_embeddings\x18\n \x01(\x05\x12 \n\x18\x66ree_device_memory_bytes\x18\x0b \x01(\x03\x12\x14\n\x0cweight_bytes\x18\x0c \x01(\x03\x12\x13\n\x0b\x63\x61\x63he_ready\x18\r \x01(\x08\":\n\x10InitCacheRequest\x12\x12\n\nnum_blocks\x18\x01 \x01(\x05\x12\x12\n\nblock_size\x18\x02 \x01(\x05\"(\n\x11InitCacheResponse\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x01 \x01(\x03\"O\n\x0cSamplingSpec\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\x81\x01\n\x07SeqStep\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x11\n\tstart_pos\x18\x03 \x01(\x05\x12\x13\n\x0b\x62lock_table\x18\x04 \x03(\x05\x12\'\n\x08sampling\x18\x05 \x01(\x0b\x32\x15.apex.v1.SamplingSpec\">\n\x0bStepRequest\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x1e\n\x04seqs\x18\x02 \x03(\x0b\x32\x10.apex.v1.SeqStep\"r\n\x0bStepTimings\x12\x0f\n\x07total_s\x18\x01 \x01(\x01\x12\x11\n\tforward_s\x18\x02 \x01(\x01\x12\x10\n\x08sample_s\x18\x03 \x01(\x01\x12\x16\n\x0eprefill_tokens\x18\x04 \x01(\x05\x12\x15\n\rdecode_tokens\x18\x05 \x01(\x05\"[\n\x0cStepResponse\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x13\n\x0bnext_tokens\x18\x02 \x03(\x05\x12%\n\x07timings\x18\x03 \x01(\x0b\x32\x14.apex.v1.StepTimings2\xc6\x01\n\x0bGpuExecutor\x12>\n\x07GetInfo\x12\x1c.apex.v1.ExecutorInfoRequest\x1a\x15.apex.v1.ExecutorInfo\x12\x42\n\tInitCache\x12\x19.apex.v1.InitCacheRequest\x1a\x1a.apex.v1.InitCacheResponse\x12\x33\n\x04Step\x12\x14.apex.v1.StepRequest\x1a\x15.apex.v1.StepResponseB2Z0github.com/apex-serve/apex/gen/go/apex/v1;apexv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61pex/v1/executor.proto\x12\x07\x61pex.v1\"\xea\x01\n\x0f\x43puExecutorInfo\x12\x0f\n\x07threads\x18\x01 \x01(\x05\x12\r\n\x05paths\x18\x02 \x03(\t\x12\x12\n\ntier_ready\x18\x03 \x01(\x08\x12\r\n\x05steps\x18\x04 \x01(\x04\x12;\n\npath_calls\x18\x05 \x03(\x0b\x32\'.apex.v1.CpuExecutorInfo.PathCallsEntry\x12\x13\n\x0b\x61ttention_s\x18\x06 \x01(\x01\x12\x10\n\x08kv_dtype\x18\x07 \x01(\t\x1a\x30\n\x0ePathCallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xda\x01\n\x0fInitTierRequest\x12\x12\n\nnum_layers\x18\x01 \x01(\x05\x12\x12\n\nnum_blocks\x18\x02 \x01(\x05\x12\x12\n\nblock_size\x18\x03 \x01(\x05\x12\x11\n\tnum_heads\x18\x04 \x01(\x05\x12\x14\n\x0cnum_kv_heads\x18\x05 \x01(\x05\x12\x10\n\x08head_dim\x18\x06 \x01(\x05\x12\x10\n\x08kv_dtype\x18\x07 \x01(\t\x12\x10\n\x08io_dtype\x18\x08 \x01(\t\x12\x10\n\x08max_rows\x18\t \x01(\x05\x12\x1a\n\x12max_blocks_per_seq\x18\n \x01(\x05\"\x8f\x01\n\rCpuTierLayout\x12\x12\n\nkv_segment\x18\x01 \x01(\t\x12\x18\n\x10\x65xchange_segment\x18\x02 \x01(\t\x12\x10\n\x08kv_bytes\x18\x03 \x01(\x03\x12\x16\n\x0e\x65xchange_bytes\x18\x04 \x01(\x03\x12&\n\x04\x64ims\x18\x05 \x01(\x0b\x32\x18.apex.v1.InitTierRequest\"\x17\n\x15\x41ttachCpuTierResponse\"%\n\tBlockCopy\x12\x0b\n\x03src\x18\x01 \x01(\x05\x12\x0b\n\x03\x64st\x18\x02 \x01(\x05\"\x15\n\x13\x45xecutorInfoRequest\"\xac\x02\n\x0c\x45xecutorInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x12\n\nnum_layers\x18\x04 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x05 \x01(\x05\x12\x1b\n\x13num_attention_heads\x18\x06 \x01(\x05\x12\x14\n\x0cnum_kv_heads\x18\x07 \x01(\x05\x12\x10\n\x08head_dim\x18\x08 \x01(\x05\x12\x12\n\nvocab_size\x18\t \x01(\x05\x12\x1f\n\x17max_position_embeddings\x18\n \x01(\x05\x12 \n\x18\x66ree_device_memory_bytes\x18\x0b \x01(\x03\x12\x14\n\x0cweight_bytes\x18\x0c \x01(\x03\x12\x13\n\x0b\x63\x61\x63he_ready\x18\r \x01(\x08\":\n\x10InitCacheRequest\x12\x12\n\nnum_blocks\x18\x01 \x01(\x05\x12\x12\n\nblock_size\x18\x02 \x01(\x05\"(\n\x11InitCacheResponse\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x01 \x01(\x03\"O\n\x0cSamplingSpec\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"\x9e\x01\n\x07SeqStep\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x11\n\tstart_pos\x18\x03 \x01(\x05\x12\x13\n\x0b\x62lock_table\x18\x04 \x03(\x05\x12\'\n\x08sampling\x18\x05 \x01(\x0b\x32\x15.apex.v1.SamplingSpec\x12\x1b\n\x04tier\x18\x06 \x01(\x0e\x32\r.apex.v1.Tier\"\x89\x01\n\x0bStepRequest\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x1e\n\x04seqs\x18\x02 \x03(\x0b\x32\x10.apex.v1.SeqStep\x12$\n\x08swap_out\x18\x03 \x03(\x0b\x32\x12.apex.v1.BlockCopy\x12#\n\x07swap_in\x18\x04 \x03(\x0b\x32\x12.apex.v1.BlockCopy\"\xc6\x01\n\x0bStepTimings\x12\x0f\n\x07total_s\x18\x01 \x01(\x01\x12\x11\n\tforward_s\x18\x02 \x01(\x01\x12\x10\n\x08sample_s\x18\x03 \x01(\x01\x12\x16\n\x0eprefill_tokens\x18\x04 \x01(\x05\x12\x15\n\rdecode_tokens\x18\x05 \x01(\x05\x12\x10\n\x08\x63pu_rows\x18\x06 \x01(\x05\x12\x0e\n\x06swap_s\x18\x07 \x01(\x01\x12\x17\n\x0f\x63pu_attention_s\x18\x08 \x01(\x01\x12\x17\n\x0f\x63pu_join_wait_s\x18\t \x01(\x01\"[\n\x0cStepResponse\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x13\n\x0bnext_tokens\x18\x02 \x03(\x05\x12%\n\x07timings\x18\x03 \x01(\x0b\x32\x14.apex.v1.StepTimings*\"\n\x04Tier\x12\x0c\n\x08TIER_GPU\x10\x00\x12\x0c\n\x08TIER_CPU\x10\x01\x32\x8f\x02\n\x0bGpuExecutor\x12>\n\x07GetInfo\x12\x1c.apex.v1.ExecutorInfoRequest\x1a\x15.apex.v1.ExecutorInfo\x12\x42\n\tInitCache\x12\x19.apex.v1.InitCacheRequest\x1a\x1a.apex.v1.InitCacheResponse\x12\x33\n\x04Step\x12\x14.apex.v1.StepRequest\x1a\x15.apex.v1.StepResponse\x12G\n\rAttachCpuTier\x12\x16.apex.v1.CpuTierLayout\x1a\x1e.apex.v1.AttachCpuTierResponse2\x8e\x01\n\x0b\x43puExecutor\x12\x41\n\x07GetInfo\x12\x1c.apex.v1.ExecutorInfoRequest\x1a\x18.apex.v1.CpuExecutorInfo\x12<\n\x08InitTier\x12\x18.apex.v1.InitTierRequest\x1a\x16.apex.v1.CpuTierLayoutB2Z0github.com/apex-serve/apex/gen/go/apex/v1;apexv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,24 +32,42 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apex.v1.executor_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z0github.com/apex-serve/apex/gen/go/apex/v1;apexv1'
-  _globals['_EXECUTORINFOREQUEST']._serialized_start=35
-  _globals['_EXECUTORINFOREQUEST']._serialized_end=56
-  _globals['_EXECUTORINFO']._serialized_start=59
-  _globals['_EXECUTORINFO']._serialized_end=359
-  _globals['_INITCACHEREQUEST']._serialized_start=361
-  _globals['_INITCACHEREQUEST']._serialized_end=419
-  _globals['_INITCACHERESPONSE']._serialized_start=421
-  _globals['_INITCACHERESPONSE']._serialized_end=461
-  _globals['_SAMPLINGSPEC']._serialized_start=463
-  _globals['_SAMPLINGSPEC']._serialized_end=542
-  _globals['_SEQSTEP']._serialized_start=545
-  _globals['_SEQSTEP']._serialized_end=674
-  _globals['_STEPREQUEST']._serialized_start=676
-  _globals['_STEPREQUEST']._serialized_end=738
-  _globals['_STEPTIMINGS']._serialized_start=740
-  _globals['_STEPTIMINGS']._serialized_end=854
-  _globals['_STEPRESPONSE']._serialized_start=856
-  _globals['_STEPRESPONSE']._serialized_end=947
-  _globals['_GPUEXECUTOR']._serialized_start=950
-  _globals['_GPUEXECUTOR']._serialized_end=1148
+  _globals['_CPUEXECUTORINFO_PATHCALLSENTRY']._loaded_options = None
+  _globals['_CPUEXECUTORINFO_PATHCALLSENTRY']._serialized_options = b'8\001'
+  _globals['_TIER']._serialized_start=1807
+  _globals['_TIER']._serialized_end=1841
+  _globals['_CPUEXECUTORINFO']._serialized_start=36
+  _globals['_CPUEXECUTORINFO']._serialized_end=270
+  _globals['_CPUEXECUTORINFO_PATHCALLSENTRY']._serialized_start=222
+  _globals['_CPUEXECUTORINFO_PATHCALLSENTRY']._serialized_end=270
+  _globals['_INITTIERREQUEST']._serialized_start=273
+  _globals['_INITTIERREQUEST']._serialized_end=491
+  _globals['_CPUTIERLAYOUT']._serialized_start=494
+  _globals['_CPUTIERLAYOUT']._serialized_end=637
+  _globals['_ATTACHCPUTIERRESPONSE']._serialized_start=639
+  _globals['_ATTACHCPUTIERRESPONSE']._serialized_end=662
+  _globals['_BLOCKCOPY']._serialized_start=664
+  _globals['_BLOCKCOPY']._serialized_end=701
+  _globals['_EXECUTORINFOREQUEST']._serialized_start=703
+  _globals['_EXECUTORINFOREQUEST']._serialized_end=724
+  _globals['_EXECUTORINFO']._serialized_start=727
+  _globals['_EXECUTORINFO']._serialized_end=1027
+  _globals['_INITCACHEREQUEST']._serialized_start=1029
+  _globals['_INITCACHEREQUEST']._serialized_end=1087
+  _globals['_INITCACHERESPONSE']._serialized_start=1089
+  _globals['_INITCACHERESPONSE']._serialized_end=1129
+  _globals['_SAMPLINGSPEC']._serialized_start=1131
+  _globals['_SAMPLINGSPEC']._serialized_end=1210
+  _globals['_SEQSTEP']._serialized_start=1213
+  _globals['_SEQSTEP']._serialized_end=1371
+  _globals['_STEPREQUEST']._serialized_start=1374
+  _globals['_STEPREQUEST']._serialized_end=1511
+  _globals['_STEPTIMINGS']._serialized_start=1514
+  _globals['_STEPTIMINGS']._serialized_end=1712
+  _globals['_STEPRESPONSE']._serialized_start=1714
+  _globals['_STEPRESPONSE']._serialized_end=1805
+  _globals['_GPUEXECUTOR']._serialized_start=1844
+  _globals['_GPUEXECUTOR']._serialized_end=2115
+  _globals['_CPUEXECUTOR']._serialized_start=2118
+  _globals['_CPUEXECUTOR']._serialized_end=2260
 # @@protoc_insertion_point(module_scope)

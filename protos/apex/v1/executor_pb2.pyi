@@ -1,10 +1,93 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIER_GPU: _ClassVar[Tier]
+    TIER_CPU: _ClassVar[Tier]
+TIER_GPU: Tier
+TIER_CPU: Tier
+
+class CpuExecutorInfo(_message.Message):
+    __slots__ = ("threads", "paths", "tier_ready", "steps", "path_calls", "attention_s", "kv_dtype")
+    class PathCallsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    TIER_READY_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    PATH_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_S_FIELD_NUMBER: _ClassVar[int]
+    KV_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    threads: int
+    paths: _containers.RepeatedScalarFieldContainer[str]
+    tier_ready: bool
+    steps: int
+    path_calls: _containers.ScalarMap[str, int]
+    attention_s: float
+    kv_dtype: str
+    def __init__(self, threads: _Optional[int] = ..., paths: _Optional[_Iterable[str]] = ..., tier_ready: _Optional[bool] = ..., steps: _Optional[int] = ..., path_calls: _Optional[_Mapping[str, int]] = ..., attention_s: _Optional[float] = ..., kv_dtype: _Optional[str] = ...) -> None: ...
+
+class InitTierRequest(_message.Message):
+    __slots__ = ("num_layers", "num_blocks", "block_size", "num_heads", "num_kv_heads", "head_dim", "kv_dtype", "io_dtype", "max_rows", "max_blocks_per_seq")
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NUM_HEADS_FIELD_NUMBER: _ClassVar[int]
+    NUM_KV_HEADS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
+    KV_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    IO_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BLOCKS_PER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    num_layers: int
+    num_blocks: int
+    block_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    kv_dtype: str
+    io_dtype: str
+    max_rows: int
+    max_blocks_per_seq: int
+    def __init__(self, num_layers: _Optional[int] = ..., num_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., num_heads: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., kv_dtype: _Optional[str] = ..., io_dtype: _Optional[str] = ..., max_rows: _Optional[int] = ..., max_blocks_per_seq: _Optional[int] = ...) -> None: ...
+
+class CpuTierLayout(_message.Message):
+    __slots__ = ("kv_segment", "exchange_segment", "kv_bytes", "exchange_bytes", "dims")
+    KV_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIMS_FIELD_NUMBER: _ClassVar[int]
+    kv_segment: str
+    exchange_segment: str
+    kv_bytes: int
+    exchange_bytes: int
+    dims: InitTierRequest
+    def __init__(self, kv_segment: _Optional[str] = ..., exchange_segment: _Optional[str] = ..., kv_bytes: _Optional[int] = ..., exchange_bytes: _Optional[int] = ..., dims: _Optional[_Union[InitTierRequest, _Mapping]] = ...) -> None: ...
+
+class AttachCpuTierResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BlockCopy(_message.Message):
+    __slots__ = ("src", "dst")
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    src: int
+    dst: int
+    def __init__(self, src: _Optional[int] = ..., dst: _Optional[int] = ...) -> None: ...
 
 class ExecutorInfoRequest(_message.Message):
     __slots__ = ()
@@ -67,40 +150,54 @@ class SamplingSpec(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class SeqStep(_message.Message):
-    __slots__ = ("request_id", "token_ids", "start_pos", "block_table", "sampling")
+    __slots__ = ("request_id", "token_ids", "start_pos", "block_table", "sampling", "tier")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     START_POS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_TABLE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     start_pos: int
     block_table: _containers.RepeatedScalarFieldContainer[int]
     sampling: SamplingSpec
-    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., start_pos: _Optional[int] = ..., block_table: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingSpec, _Mapping]] = ...) -> None: ...
+    tier: Tier
+    def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., start_pos: _Optional[int] = ..., block_table: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingSpec, _Mapping]] = ..., tier: _Optional[_Union[Tier, str]] = ...) -> None: ...
 
 class StepRequest(_message.Message):
-    __slots__ = ("step_id", "seqs")
+    __slots__ = ("step_id", "seqs", "swap_out", "swap_in")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     SEQS_FIELD_NUMBER: _ClassVar[int]
+    SWAP_OUT_FIELD_NUMBER: _ClassVar[int]
+    SWAP_IN_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     seqs: _containers.RepeatedCompositeFieldContainer[SeqStep]
-    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SeqStep, _Mapping]]] = ...) -> None: ...
+    swap_out: _containers.RepeatedCompositeFieldContainer[BlockCopy]
+    swap_in: _containers.RepeatedCompositeFieldContainer[BlockCopy]
+    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SeqStep, _Mapping]]] = ..., swap_out: _Optional[_Iterable[_Union[BlockCopy, _Mapping]]] = ..., swap_in: _Optional[_Iterable[_Union[BlockCopy, _Mapping]]] = ...) -> None: ...
 
 class StepTimings(_message.Message):
-    __slots__ = ("total_s", "forward_s", "sample_s", "prefill_tokens", "decode_tokens")
+    __slots__ = ("total_s", "forward_s", "sample_s", "prefill_tokens", "decode_tokens", "cpu_rows", "swap_s", "cpu_attention_s", "cpu_join_wait_s")
     TOTAL_S_FIELD_NUMBER: _ClassVar[int]
     FORWARD_S_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_S_FIELD_NUMBER: _ClassVar[int]
     PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DECODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CPU_ROWS_FIELD_NUMBER: _ClassVar[int]
+    SWAP_S_FIELD_NUMBER: _ClassVar[int]
+    CPU_ATTENTION_S_FIELD_NUMBER: _ClassVar[int]
+    CPU_JOIN_WAIT_S_FIELD_NUMBER: _ClassVar[int]
     total_s: float
     forward_s: float
     sample_s: float
     prefill_tokens: int
     decode_tokens: int
-    def __init__(self, total_s: _Optional[float] = ..., forward_s: _Optional[float] = ..., sample_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ...) -> None: ...
+    cpu_rows: int
+    swap_s: float
+    cpu_attention_s: float
+    cpu_join_wait_s: float
+    def __init__(self, total_s: _Optional[float] = ..., forward_s: _Optional[float] = ..., sample_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ..., cpu_rows: _Optional[int] = ..., swap_s: _Optional[float] = ..., cpu_attention_s: _Optional[float] = ..., cpu_join_wait_s: _Optional[float] = ...) -> None: ...
 
 class StepResponse(_message.Message):
     __slots__ = ("step_id", "next_tokens", "timings")

@@ -49,6 +49,11 @@ class GpuExecutorStub:
                 request_serializer=apex_dot_v1_dot_executor__pb2.StepRequest.SerializeToString,
                 response_deserializer=apex_dot_v1_dot_executor__pb2.StepResponse.FromString,
                 _registered_method=True)
+        self.AttachCpuTier = channel.unary_unary(
+                '/apex.v1.GpuExecutor/AttachCpuTier',
+                request_serializer=apex_dot_v1_dot_executor__pb2.CpuTierLayout.SerializeToString,
+                response_deserializer=apex_dot_v1_dot_executor__pb2.AttachCpuTierResponse.FromString,
+                _registered_method=True)
 
 
 class GpuExecutorServicer:
@@ -74,6 +79,13 @@ class GpuExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttachCpuTier(self, request, context):
+        """Maps the CPU executor's shared segments (the CPU KV tier and the exchange).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GpuExecutorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +103,11 @@ def add_GpuExecutorServicer_to_server(servicer, server):
                     servicer.Step,
                     request_deserializer=apex_dot_v1_dot_executor__pb2.StepRequest.FromString,
                     response_serializer=apex_dot_v1_dot_executor__pb2.StepResponse.SerializeToString,
+            ),
+            'AttachCpuTier': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachCpuTier,
+                    request_deserializer=apex_dot_v1_dot_executor__pb2.CpuTierLayout.FromString,
+                    response_serializer=apex_dot_v1_dot_executor__pb2.AttachCpuTierResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +191,155 @@ class GpuExecutor:
             '/apex.v1.GpuExecutor/Step',
             apex_dot_v1_dot_executor__pb2.StepRequest.SerializeToString,
             apex_dot_v1_dot_executor__pb2.StepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachCpuTier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apex.v1.GpuExecutor/AttachCpuTier',
+            apex_dot_v1_dot_executor__pb2.CpuTierLayout.SerializeToString,
+            apex_dot_v1_dot_executor__pb2.AttachCpuTierResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class CpuExecutorStub:
+    """The CPU executor: owns the CPU KV tier in shared memory and runs decode attention for
+    the rows placed there, driven per layer through the exchange segment (not gRPC).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetInfo = channel.unary_unary(
+                '/apex.v1.CpuExecutor/GetInfo',
+                request_serializer=apex_dot_v1_dot_executor__pb2.ExecutorInfoRequest.SerializeToString,
+                response_deserializer=apex_dot_v1_dot_executor__pb2.CpuExecutorInfo.FromString,
+                _registered_method=True)
+        self.InitTier = channel.unary_unary(
+                '/apex.v1.CpuExecutor/InitTier',
+                request_serializer=apex_dot_v1_dot_executor__pb2.InitTierRequest.SerializeToString,
+                response_deserializer=apex_dot_v1_dot_executor__pb2.CpuTierLayout.FromString,
+                _registered_method=True)
+
+
+class CpuExecutorServicer:
+    """The CPU executor: owns the CPU KV tier in shared memory and runs decode attention for
+    the rows placed there, driven per layer through the exchange segment (not gRPC).
+    """
+
+    def GetInfo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InitTier(self, request, context):
+        """Creates the tier and the exchange segments and starts the attention worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CpuExecutorServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInfo,
+                    request_deserializer=apex_dot_v1_dot_executor__pb2.ExecutorInfoRequest.FromString,
+                    response_serializer=apex_dot_v1_dot_executor__pb2.CpuExecutorInfo.SerializeToString,
+            ),
+            'InitTier': grpc.unary_unary_rpc_method_handler(
+                    servicer.InitTier,
+                    request_deserializer=apex_dot_v1_dot_executor__pb2.InitTierRequest.FromString,
+                    response_serializer=apex_dot_v1_dot_executor__pb2.CpuTierLayout.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'apex.v1.CpuExecutor', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('apex.v1.CpuExecutor', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CpuExecutor:
+    """The CPU executor: owns the CPU KV tier in shared memory and runs decode attention for
+    the rows placed there, driven per layer through the exchange segment (not gRPC).
+    """
+
+    @staticmethod
+    def GetInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apex.v1.CpuExecutor/GetInfo',
+            apex_dot_v1_dot_executor__pb2.ExecutorInfoRequest.SerializeToString,
+            apex_dot_v1_dot_executor__pb2.CpuExecutorInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InitTier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apex.v1.CpuExecutor/InitTier',
+            apex_dot_v1_dot_executor__pb2.InitTierRequest.SerializeToString,
+            apex_dot_v1_dot_executor__pb2.CpuTierLayout.FromString,
             options,
             channel_credentials,
             insecure,

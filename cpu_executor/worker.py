@@ -1,0 +1,106 @@
+"""The attention worker: follows the exchange's counters step by step, layer by layer.
+
+Per step the GPU executor writes the CPU rows' metadata and bumps STEP; per layer it
+writes the rows' q/k/v and bumps LAYER_IN; this thread appends k/v into the tier,
+attends (the faster path for the shape, as measured), writes the output and bumps
+LAYER_OUT; after the last layer it writes its timings and bumps DONE.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from cpu_executor.attention import AttnShape, OrtAttention, PathChooser, append_kv, kernel_attention
+from cpu_executor.dataplane import Exchange
+from cpu_executor.layout import DONE, STEP, TierLayout, layer_in, layer_out
+
+log = logging.getLogger(__name__)
+POLL_S = 0.1  # how often an idle worker looks at its stop flag
+
+
+class AttentionWorker(threading.Thread):
+    def __init__(
+        self,
+        tier: TierLayout,
+        tier_segment,
+        exchange: Exchange,
+        num_heads: int,
+        threads: int,
+        paths: tuple[str, ...] = ("kernel", "ort"),
+    ) -> None:
+        super().__init__(name="attention-worker", daemon=True)
+        self.tier = tier
+        self.kv = [tier.kv(tier_segment, layer) for layer in range(tier.num_layers)]
+        self.exchange = exchange
+        self.shape = AttnShape(num_heads, tier.num_kv_heads, tier.head_dim, tier.block_size)
+        self.threads = threads
+        self.ort = OrtAttention(self.shape, threads) if "ort" in paths else None
+        self.chooser = PathChooser(paths)
+        self.stop_flag = threading.Event()
+        self.steps = 0
+        self.attention_s = 0.0
+        self.error: BaseException | None = None
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+
+    def run(self) -> None:
+        try:
+            self.loop()
+        except BaseException as e:  # report, never die silently: the GPU side times out
+            self.error = e
+            log.exception("attention worker failed")
+
+    def wait(self, counter: int, target: int) -> bool:
+        while not self.stop_flag.is_set():
+            if self.exchange.wait(counter, target, POLL_S):
+                return True
+        return False
+
+    def loop(self) -> None:
+        ex, views = self.exchange, self.exchange.views
+        step = ex.value(STEP)
+        while self.wait(STEP, step + 1):
+            step = ex.value(STEP)
+            rows = int(views.header[0])
+            lens = views.context_lens[:rows]
+            slots = views.slots[:rows]
+            width = int(views.header[1])
+            tables = np.ascontiguousarray(views.block_tables[:rows, :width])
+            max_ctx = int(lens.max())
+            for layer in range(self.tier.num_layers):
+                t0 = time.perf_counter()
+                if not self.wait(layer_in(layer), step):
+                    return
+                t1 = time.perf_counter()
+                self.attend(layer, rows, lens, slots, tables, max_ctx, views.timings[layer])
+                t2 = time.perf_counter()
+                views.timings[layer, 0] = t1 - t0
+                views.timings[layer, 2] = t2 - t1
+                self.attention_s += t2 - t1
+                ex.signal(layer_out(layer), step)
+            self.steps += 1
+            ex.signal(DONE, step)
+
+    def attend(self, layer, rows, lens, slots, tables, max_ctx, timing_row) -> None:
+        views = self.exchange.views
+        k_cache, v_cache = self.kv[layer]
+        q, k, v, out = (
+            a[:rows] for a in (views.q[layer], views.k[layer], views.v[layer], views.out[layer])
+        )
+        path = self.chooser.choose(rows, max_ctx)
+        t = time.perf_counter()
+        if path == "ort" and self.ort is not None:
+            self.ort(q, k, v, k_cache, v_cache, self.tier.dtype, tables, lens, out)
+            append_kv(k_cache, v_cache, self.tier.dtype, k, v, slots, self.shape)
+        else:
+            append_kv(k_cache, v_cache, self.tier.dtype, k, v, slots, self.shape)
+            kernel_attention(
+                q, k_cache, v_cache, self.tier.dtype, tables, lens, out, self.shape, self.threads
+            )
+        self.chooser.record(rows, max_ctx, path, time.perf_counter() - t)
+        timing_row[3] = 1.0 if path == "ort" else 0.0
