@@ -95,3 +95,32 @@ def test_apexctl_says_when_the_daemon_is_down():
     r = run(str(BIN / "apexctl"), "--address", f"127.0.0.1:{free_port()}", "status")
     assert r.returncode != 0
     assert "cannot reach the APEX daemon" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_fails_clearly_without_shared_memory(models, tmp_path):
+    env = dict(os.environ, APEX_SHM_DIR=str(tmp_path / "no-shm-here"))
+    r = subprocess.run(
+        [
+            str(BIN / "apex"),
+            "serve",
+            "--model",
+            str(models["tiny"]),
+            "--port",
+            str(free_port()),
+            "--placement",
+            "cpu",
+            "--threads",
+            "1",
+            "--cpu-threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 1
+    out = r.stdout + r.stderr
+    assert "no-shm-here does not exist" in out and "shared memory" in out, out
+    assert "shm_size" in out  # says how to fix it
+    assert "Traceback" not in out
