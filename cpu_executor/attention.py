@@ -103,6 +103,9 @@ class OrtAttention:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # No spinning after a run: on a few cores ORT's idle spinners starve the kernel's
+        # OpenMP threads (and the GPU side's), seen as 100x slower calls after each ORT run.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             gqa_model(shape).SerializeToString(), opts, providers=["CPUExecutionProvider"]
         )

@@ -1,7 +1,9 @@
 """Where everything lives in the two shared segments; both executors compute the same.
 
-The CPU KV tier: per layer, K then V, each [num_blocks][kv_heads][block_size][head_dim]
-in the storage dtype (one head's tokens of a block contiguous, for streaming reads).
+The CPU KV tier: per layer, K as [num_blocks][kv_heads][head_dim][block_size] (transposed
+within the block: tokens in vector lanes for the score FMAs) then V as
+[num_blocks][kv_heads][block_size][head_dim], in the storage dtype. Either way one head's
+block is one contiguous region, streamed by the kernel.
 
 The exchange (the per-layer data plane): a control page of sequence counters, each on
 its own cache line so that the two sides never false-share; the step's metadata (rows,
@@ -58,11 +60,15 @@ class TierLayout:
         return align(self.num_blocks * self.bytes_per_block)
 
     def kv(self, seg, layer: int) -> tuple[np.ndarray, np.ndarray]:
-        shape = (self.num_blocks, *self.block_shape)
+        """(K [blocks, kvh, d, bs], V [blocks, kvh, bs, d]) of one layer."""
+        kvh, bs, d = self.block_shape
         per = self.num_blocks * self.bytes_per_block // (2 * self.num_layers)
         base = 2 * layer * per
         dt = NUMPY[self.dtype]
-        return seg.array(base, shape, dt), seg.array(base + per, shape, dt)
+        return (
+            seg.array(base, (self.num_blocks, kvh, d, bs), dt),
+            seg.array(base + per, (self.num_blocks, kvh, bs, d), dt),
+        )
 
 
 # Counter indices in the control page (each a (seq, waiters) pair on its own line).

@@ -33,7 +33,7 @@ def build_dir() -> Path:
 
 
 def library_path() -> Path:
-    flags = os.environ.get("APEX_CFLAGS", "-O3 -march=native")
+    flags = os.environ.get("APEX_CFLAGS", "-O3 -march=native -fno-math-errno")
     digest = hashlib.sha256(SOURCE.read_bytes() + flags.encode()).hexdigest()[:16]
     return build_dir() / f"libapex_cpu-{digest}.so"
 
@@ -47,7 +47,7 @@ def build(force: bool = False) -> Path:
         raise NativeBuildError("no C compiler found (install gcc) to build the APEX CPU kernels")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    flags = os.environ.get("APEX_CFLAGS", "-O3 -march=native").split()
+    flags = os.environ.get("APEX_CFLAGS", "-O3 -march=native -fno-math-errno").split()
     cmd = [
         cc,
         *flags,
@@ -106,6 +106,8 @@ def _declare(so: ctypes.CDLL) -> ctypes.CDLL:
     so.apex_seq_wait.restype = i32
     so.apex_seq_signal.argtypes = [u32p, u32p, ctypes.c_uint32]
     so.apex_seq_signal.restype = None
+    so.apex_read_sum.argtypes = [p, i64, i32]
+    so.apex_read_sum.restype = ctypes.c_double
     so.apex_abi_version.restype = i32
     if so.apex_abi_version() != 1:
         raise NativeBuildError("the loaded CPU kernel library has an unexpected ABI version")

@@ -149,14 +149,14 @@ class CpuLink:
     def swap_out(
         self, gpu_k: list[torch.Tensor], gpu_v: list[torch.Tensor], pairs: list[tuple[int, int]]
     ) -> None:
-        """GPU blocks [bs, kvh, d] -> CPU blocks [kvh, bs, d], every layer."""
+        """GPU blocks [bs, kvh, d] -> CPU K blocks [kvh, d, bs], V [kvh, bs, d], every layer."""
         if not pairs:
             return
         src = torch.tensor([p[0] for p in pairs], device=gpu_k[0].device)
         dst = torch.tensor([p[1] for p in pairs])
         dt = TORCH_DTYPES[self.tier.dtype]
         for layer, (ck, cv) in enumerate(self.kv):
-            ck[dst] = gpu_k[layer][src].transpose(1, 2).to("cpu", dt)
+            ck[dst] = gpu_k[layer][src].permute(0, 2, 3, 1).to("cpu", dt)
             cv[dst] = gpu_v[layer][src].transpose(1, 2).to("cpu", dt)
 
     def swap_in(
@@ -168,5 +168,5 @@ class CpuLink:
         dst = torch.tensor([p[1] for p in pairs], device=gpu_k[0].device)
         for layer, (ck, cv) in enumerate(self.kv):
             gk, gv = gpu_k[layer], gpu_v[layer]
-            gk[dst] = ck[src].transpose(1, 2).to(gk.device, gk.dtype)
+            gk[dst] = ck[src].permute(0, 3, 1, 2).to(gk.device, gk.dtype)
             gv[dst] = cv[src].transpose(1, 2).to(gv.device, gv.dtype)

@@ -43,7 +43,8 @@ def random_case(rng: np.random.Generator, shape: AttnShape, dtype: str, rows: in
     perm = rng.permutation(num_blocks)[: rows * max_blocks].astype(np.int32)
     tables = perm.reshape(rows, max_blocks)
     dims = (num_blocks, s.num_kv_heads, s.block_size, s.head_dim)
-    k_cache = to_storage(rng.standard_normal(dims, np.float32), dtype)
+    k_dims = (num_blocks, s.num_kv_heads, s.head_dim, s.block_size)  # K transposed per block
+    k_cache = to_storage(rng.standard_normal(k_dims, np.float32), dtype)
     v_cache = to_storage(rng.standard_normal(dims, np.float32), dtype)
     q = rng.standard_normal((rows, s.num_heads, s.head_dim), np.float32)
     return q, k_cache, v_cache, tables, lens
@@ -57,7 +58,7 @@ def reference(q, k_cache, v_cache, dtype, tables, lens, shape: AttnShape) -> np.
     for r, n in enumerate(lens):
         t = np.arange(n)
         blocks = tables[r, t // s.block_size]
-        k = kf[blocks, :, t % s.block_size]  # [n, kvh, d]
+        k = kf[blocks, :, :, t % s.block_size]  # [n, kvh, d]
         v = vf[blocks, :, t % s.block_size]
         for h in range(s.num_heads):
             sc = k[:, h // g] @ q[r, h].astype(np.float64) * s.scale

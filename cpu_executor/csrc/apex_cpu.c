@@ -3,11 +3,16 @@
  * into contiguous buffers (for the ONNX Runtime path), and the sequence counters of the
  * shared-memory data plane. Plain C with OpenMP, called through ctypes (no GIL held).
  *
- * CPU tier layout, per layer and for K and V alike: [num_blocks][kv_heads][block_size][d]
- * so that one head's tokens within a block are contiguous: the kernel streams them.
+ * CPU tier layout, per layer: V as [num_blocks][kv_heads][block_size][d] and K transposed
+ * within each block, [num_blocks][kv_heads][d][block_size]: one head's block is one
+ * contiguous region either way (streamed), and K's tokens lie in vector lanes, so scores
+ * are plain vector FMAs with no horizontal sums.
  * Element types: 0 = float32, 1 = float16, 2 = bfloat16.
  */
 #include <errno.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 #include <limits.h>
 #include <linux/futex.h>
 #include <math.h>
@@ -62,7 +67,12 @@ static inline void widen(float *dst, const void *src, int dtype, int n) {
         memcpy(dst, src, (size_t)n * 4);
     } else if (dtype == F16) {
         const _Float16 *s = (const _Float16 *)src;
-        for (int i = 0; i < n; i++) dst[i] = (float)s[i];
+        int i = 0;
+#ifdef __F16C__
+        for (; i + 8 <= n; i += 8) /* vcvtph2ps: 8 halves per instruction */
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+#endif
+        for (; i < n; i++) dst[i] = (float)s[i];
     } else {
         const uint16_t *s = (const uint16_t *)src;
         for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(s[i]);
@@ -80,81 +90,200 @@ void apex_append_kv(void *k_cache, void *v_cache, int cache_dtype, const void *k
         int64_t block = slots[r] / bs;
         int off = (int)(slots[r] % bs);
         for (int h = 0; h < kvh; h++) {
-            int64_t dst = cache_offset(block, h, off, kvh, bs, d);
+            int64_t kdst = cache_offset(block, h, 0, kvh, bs, d) + off; /* K: [d][bs] */
+            int64_t vdst = cache_offset(block, h, off, kvh, bs, d);     /* V: [bs][d] */
             int64_t src = ((int64_t)r * kvh + h) * d;
             for (int i = 0; i < d; i++) {
-                store(k_cache, cache_dtype, dst + i, load(k, in_dtype, src + i));
-                store(v_cache, cache_dtype, dst + i, load(v, in_dtype, src + i));
+                store(k_cache, cache_dtype, kdst + (int64_t)i * bs, load(k, in_dtype, src + i));
+                store(v_cache, cache_dtype, vdst + i, load(v, in_dtype, src + i));
             }
         }
     }
 }
 
+/* Pointers to the tile's rows (tokens t0..t0+n) of one KV head: in place for float32,
+ * widened into buf for 16-bit storage. Rows of a block are contiguous (layout above). */
+static void tile_rows(const float **rows, float *buf, const void *cache, int dtype,
+                      const int32_t *table, int j, int kvh, int bs, int d, int t0, int n) {
+    const int esz = elem_size(dtype);
+    for (int i = 0; i < n;) {
+        int t = t0 + i;
+        int in_block = bs - t % bs;
+        int run = n - i < in_block ? n - i : in_block;
+        int64_t off = cache_offset(table[t / bs], j, t % bs, kvh, bs, d);
+        if (dtype == F32) {
+            for (int r = 0; r < run; r++) rows[i + r] = (const float *)cache + off + (int64_t)r * d;
+        } else {
+            widen(buf + (size_t)i * d, (const char *)cache + off * esz, dtype, run * d);
+            for (int r = 0; r < run; r++) rows[i + r] = buf + (size_t)(i + r) * d;
+        }
+        i += run;
+    }
+}
+
+/* Vectors of VW floats (GCC vector extensions): 16 lanes where AVX-512 is enabled,
+ * else 8 (AVX2 on x86; pairs of NEON registers on Arm). */
+#ifdef __AVX512F__
+#define VW 16
+#else
+#define VW 8
+#endif
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
+
+static inline vf ldv(const float *p) {
+    vf r;
+    memcpy(&r, p, sizeof r); /* unaligned load */
+    return r;
+}
+
+static inline void stv(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+static inline float hsum(vf v) {
+    float s = 0.f;
+    for (int i = 0; i < VW; i++) s += v[i];
+    return s;
+}
+
+/* exp(x) for x <= 0 (softmax after the max is taken out): 2^n * 2^f with f in
+ * [-0.5, 0.5], 2^f by its degree-6 Taylor series in f*ln2 (relative error ~1e-7). */
+static inline vf exp_neg(vf x) {
+    const vf lo = (vf){0} - 87.0f, magic = (vf){0} + 12582912.0f; /* 1.5 * 2^23 */
+    vi below = x < lo;
+    x = (vf)(((vi)x & ~below) | ((vi)lo & below));
+    vf t = x * 1.44269504f;
+    vf nf = (t + magic) - magic; /* round to nearest */
+    vf f = (t - nf) * 0.69314718f;
+    vf p = 1.0f + f * (1.0f + f * (0.5f + f * (1.6666667e-1f + f * (4.1666667e-2f +
+           f * (8.3333333e-3f + f * 1.3888889e-3f)))));
+    vi n = (vi)(nf + magic) - (vi)magic;
+    return p * (vf)((n + 127) << 23);
+}
+
+/* Scores of HB heads for tokens [off, off+run) of one block, K transposed ([d][bs]):
+ * tokens in vector lanes, one K load and HB broadcast FMAs per dimension. bs % VW == 0. */
+static inline __attribute__((always_inline)) void qk_tblock(const float *q, int HB, int d,
+                                                              const float *kt, int bs, int off,
+                                                              int run, float (*s)[TILE], int i0) {
+    for (int v0 = off - off % VW; v0 < off + run; v0 += VW) {
+        vf acc[4];
+        for (int h = 0; h < HB; h++) acc[h] = (vf){0};
+        for (int x = 0; x < d; x++) {
+            vf kv = ldv(kt + (size_t)x * bs + v0);
+            for (int h = 0; h < HB; h++) acc[h] += q[(size_t)h * d + x] * kv;
+        }
+        int lo = v0 < off ? off : v0, hi = v0 + VW < off + run ? v0 + VW : off + run;
+        for (int h = 0; h < HB; h++)
+            for (int l = lo; l < hi; l++) s[h][i0 + l - off] = acc[h][l - v0];
+    }
+}
+
+/* acc[h][x..x+NV*VW) += sum_i p[h][i] * v_i[..] for HB heads: NV*HB register
+ * accumulators held across the whole tile; per token NV V loads and NV*HB FMAs. */
+static inline __attribute__((always_inline)) void pv_block(float *acc, int HB, int NV, int d,
+                                                             const float *const *v, int n,
+                                                             float (*p)[TILE]) {
+    for (int x = 0; x < d; x += NV * VW) {
+        vf a[4][2];
+        for (int h = 0; h < HB; h++)
+            for (int u = 0; u < NV; u++) a[h][u] = ldv(acc + (size_t)h * d + x + u * VW);
+        for (int i = 0; i < n; i++) {
+            vf vv[2];
+            for (int u = 0; u < NV; u++) vv[u] = ldv(v[i] + x + u * VW);
+            for (int h = 0; h < HB; h++) {
+                vf pb = (vf){0} + p[h][i]; /* broadcast */
+                for (int u = 0; u < NV; u++) a[h][u] += pb * vv[u];
+            }
+        }
+        for (int h = 0; h < HB; h++)
+            for (int u = 0; u < NV; u++) stv(acc + (size_t)h * d + x + u * VW, a[h][u]);
+    }
+}
+
+/* The G heads of a group in blocks of 4, 2, 1 (so each call site is specialised). */
+#define BY_HEAD_BLOCKS(G, CALL)                                                             \
+    do {                                                                                    \
+        int g_ = 0;                                                                         \
+        for (; g_ + 4 <= (G); g_ += 4) CALL(g_, 4);                                         \
+        for (; g_ + 2 <= (G); g_ += 2) CALL(g_, 2);                                         \
+        for (; g_ < (G); g_ += 1) CALL(g_, 1);                                              \
+    } while (0)
+
 /*
  * One task: query heads [j*G, (j+1)*G) of row r against tokens [t0, t1) of KV head j.
- * Online softmax in tiles: scores of a tile are computed with each K row widened once
- * and shared by the G query heads (GQA reads the KV once for the whole group).
+ * Online softmax over tiles of TILE tokens; each tile's K rows, then V rows, are read
+ * once for all G query heads (GQA), with register-blocked vector arithmetic (d % VW == 0).
  * Leaves the running max m, sum l and unnormalised acc for the caller to finish/merge.
+ * buf: max(TILE, bs) * d floats of scratch for widening 16-bit blocks.
  */
 static void attend_range(const float *q, /* [G][d], pre-scaled */ int G, const void *k_cache,
                          const void *v_cache, int cache_dtype, const int32_t *table, int j,
-                         int kvh, int bs, int d, int t0, int t1, float *m, float *l, float *acc) {
-    float row[MAX_D];
+                         int kvh, int bs, int d, int t0, int t1, float *m, float *l, float *acc,
+                         float *buf) {
+    const float *rows[TILE];
     float s[MAX_GROUP][TILE];
     for (int g = 0; g < G; g++) {
         m[g] = -INFINITY;
         l[g] = 0.f;
         memset(acc + (size_t)g * d, 0, sizeof(float) * d);
     }
-    const int esz = elem_size(cache_dtype);
     for (int start = t0; start < t1; start += TILE) {
         int n = t1 - start < TILE ? t1 - start : TILE;
-        for (int i = 0; i < n; i++) {
-            int t = start + i;
-            int64_t off = cache_offset(table[t / bs], j, t % bs, kvh, bs, d);
-            const float *kr;
-            if (cache_dtype == F32) {
-                kr = (const float *)k_cache + off;
+        for (int i = 0; i < n;) { /* scores, one block run at a time */
+            int t = start + i, off = t % bs;
+            int run = n - i < bs - off ? n - i : bs - off;
+            int64_t base = cache_offset(table[t / bs], j, 0, kvh, bs, d);
+            const float *kt = (const float *)k_cache + base;
+            if (cache_dtype != F32) {
+                widen(buf, (const char *)k_cache + base * elem_size(cache_dtype), cache_dtype,
+                      bs * d);
+                kt = buf;
+            }
+            if (bs % VW == 0) {
+#define QK(g0, HB) qk_tblock(q + (size_t)(g0) * d, HB, d, kt, bs, off, run, s + (g0), i)
+                BY_HEAD_BLOCKS(G, QK);
+#undef QK
             } else {
-                widen(row, (const char *)k_cache + off * esz, cache_dtype, d);
-                kr = row;
+                for (int g = 0; g < G; g++)
+                    for (int o = off; o < off + run; o++) {
+                        float a = 0.f;
+                        for (int x = 0; x < d; x++) a += q[(size_t)g * d + x] * kt[(size_t)x * bs + o];
+                        s[g][i + o - off] = a;
+                    }
             }
-            for (int g = 0; g < G; g++) {
-                const float *qg = q + (size_t)g * d;
-                float dot = 0.f;
-                for (int x = 0; x < d; x++) dot += qg[x] * kr[x];
-                s[g][i] = dot;
-            }
+            i += run;
         }
         for (int g = 0; g < G; g++) {
             float mt = m[g];
             for (int i = 0; i < n; i++) mt = s[g][i] > mt ? s[g][i] : mt;
             float c = expf(m[g] - mt);
-            l[g] *= c;
+            float *sg = s[g];
+            float sum = 0.f;
+            int i = 0;
+            for (; i + VW <= n; i += VW) {
+                vf e = exp_neg(ldv(sg + i) - mt);
+                stv(sg + i, e);
+                sum += hsum(e);
+            }
+            for (; i < n; i++) {
+                sg[i] = expf(sg[i] - mt);
+                sum += sg[i];
+            }
+            l[g] = l[g] * c + sum;
             float *ag = acc + (size_t)g * d;
             if (c != 1.f)
                 for (int x = 0; x < d; x++) ag[x] *= c;
-            for (int i = 0; i < n; i++) {
-                s[g][i] = expf(s[g][i] - mt);
-                l[g] += s[g][i];
-            }
             m[g] = mt;
         }
-        for (int i = 0; i < n; i++) {
-            int t = start + i;
-            int64_t off = cache_offset(table[t / bs], j, t % bs, kvh, bs, d);
-            const float *vr;
-            if (cache_dtype == F32) {
-                vr = (const float *)v_cache + off;
-            } else {
-                widen(row, (const char *)v_cache + off * esz, cache_dtype, d);
-                vr = row;
-            }
-            for (int g = 0; g < G; g++) {
-                float p = s[g][i];
-                float *ag = acc + (size_t)g * d;
-                for (int x = 0; x < d; x++) ag[x] += p * vr[x];
-            }
+        tile_rows(rows, buf, v_cache, cache_dtype, table, j, kvh, bs, d, start, n);
+        if (d % (2 * VW) == 0) {
+#define PV(g0, HB) pv_block(acc + (size_t)(g0) * d, HB, 2, d, rows, n, s + (g0))
+            BY_HEAD_BLOCKS(G, PV);
+#undef PV
+        } else {
+#define PV(g0, HB) pv_block(acc + (size_t)(g0) * d, HB, 1, d, rows, n, s + (g0))
+            BY_HEAD_BLOCKS(G, PV);
+#undef PV
         }
     }
 }
@@ -172,7 +301,7 @@ int apex_paged_decode_attention(const void *q, int io_dtype, const void *k_cache
                                 int H, int kvh, int d, int bs, float scale, int num_threads,
                                 int chunk_tokens) {
     if (R <= 0) return 0;
-    if (H % kvh || H / kvh > MAX_GROUP || d > MAX_D || num_threads < 1) return -1;
+    if (H % kvh || H / kvh > MAX_GROUP || d > MAX_D || d % VW || num_threads < 1) return -1;
     const int G = H / kvh;
     int max_ctx = 0;
     for (int r = 0; r < R; r++) {
@@ -201,14 +330,15 @@ int apex_paged_decode_attention(const void *q, int io_dtype, const void *k_cache
         /* per-thread scratch, allocated once per call */
         float *qbuf = (float *)malloc(sizeof(float) * (size_t)G * d);
         float *acc = (float *)malloc(sizeof(float) * (size_t)G * d);
+        float *buf = (float *)malloc(sizeof(float) * (size_t)(TILE > bs ? TILE : bs) * d);
         float m[MAX_GROUP], l[MAX_GROUP];
-        if (!qbuf || !acc) {
+        if (!qbuf || !acc || !buf) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < ntasks; task++) {
-            if (!qbuf || !acc) continue;
+            if (!qbuf || !acc || !buf) continue;
             int c = (int)(task % nchunks);
             int j = (int)((task / nchunks) % kvh);
             int r = (int)(task / ((int64_t)nchunks * kvh));
@@ -228,7 +358,7 @@ int apex_paged_decode_attention(const void *q, int io_dtype, const void *k_cache
             } else {
                 attend_range(qbuf, G, k_cache, v_cache, cache_dtype,
                              block_tables + (int64_t)r * max_blocks, j, kvh, bs, d, t0, t1, m, l,
-                             acc);
+                             acc, buf);
             }
             if (nchunks == 1) {
                 for (int g = 0; g < G; g++) {
@@ -248,6 +378,7 @@ int apex_paged_decode_attention(const void *q, int io_dtype, const void *k_cache
         }
         free(qbuf);
         free(acc);
+        free(buf);
     }
     if (failed) {
         free(part);
@@ -300,7 +431,9 @@ void apex_gather_kv_bnsh(const void *k_cache, const void *v_cache, int cache_dty
             for (int t = 0; t < n_past[r]; t += bs) {
                 int n = n_past[r] - t < bs ? n_past[r] - t : bs;
                 int64_t off = cache_offset(table[t / bs], j, 0, kvh, bs, d);
-                widen(kd + (int64_t)t * d, (const char *)k_cache + off * esz, cache_dtype, n * d);
+                for (int x = 0; x < d; x++) /* K is [d][bs] within the block */
+                    for (int o = 0; o < n; o++)
+                        kd[(int64_t)(t + o) * d + x] = load(k_cache, cache_dtype, off + (int64_t)x * bs + o);
                 widen(vd + (int64_t)t * d, (const char *)v_cache + off * esz, cache_dtype, n * d);
             }
         }
@@ -348,6 +481,20 @@ void apex_seq_signal(uint32_t *seq, uint32_t *waiters, uint32_t value) {
     __atomic_store_n(seq, value, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(waiters, __ATOMIC_SEQ_CST))
         syscall(SYS_futex, seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* One large streaming read with num_threads threads: the bandwidth the attention is held
+ * against. Returns the sum so the compiler cannot drop the reads. */
+double apex_read_sum(const float *p, int64_t n, int num_threads) {
+    double total = 0.0;
+#pragma omp parallel for reduction(+ : total) schedule(static) num_threads(num_threads)
+    for (int64_t i = 0; i < n; i += 16) {
+        float s = 0.f;
+        int64_t end = i + 16 < n ? i + 16 : n;
+        for (int64_t j = i; j < end; j++) s += p[j];
+        total += s;
+    }
+    return total;
 }
 
 int apex_abi_version(void) { return 1; }
