@@ -11,6 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m cpu_executor.native   # build the CPU kernels for this machine
 	touch $@
 
 setup: $(VENV)/.installed
@@ -43,3 +44,5 @@ protos: setup
 
 bench: setup
 	$(PY) -m benchmarks.engine_vs_hf
+	$(PY) -m benchmarks.cpu_attention
+	$(PY) -m benchmarks.dataplane_roundtrip
