@@ -132,3 +132,26 @@ def test_kernel_rejects_bad_lengths():
     lens[0] = tables.shape[1] * shape.block_size + 1
     with pytest.raises(ValueError):
         kernel_attention(q, kc, vc, "float32", tables, lens, np.empty_like(q), shape, threads=1)
+
+
+def test_path_chooser_tries_both_then_takes_the_faster_and_reprobes():
+    from cpu_executor.attention import PathChooser
+
+    chooser = PathChooser(("kernel", "ort"), trials=2, reprobe=8)
+    cost = {"kernel": 1.0, "ort": 3.0}
+    picks = []
+    for _ in range(40):
+        path = chooser.choose(rows=8, max_context=1000)
+        chooser.record(8, 1000, path, cost[path])
+        picks.append(path)
+    assert picks[:4].count("ort") == 2  # explored first
+    later = picks[4:]
+    assert later.count("kernel") > 30 and "ort" in later  # exploits, still re-probes
+    # another bucket is measured on its own; a path that turns faster takes over
+    cost = {"kernel": 5.0, "ort": 1.0}
+    for _ in range(40):
+        path = chooser.choose(rows=64, max_context=8000)
+        chooser.record(64, 8000, path, cost[path])
+    b = chooser.bucket(64, 8000)
+    assert min(("kernel", "ort"), key=lambda p: chooser.avg[(*b, p)]) == "ort"
+    assert [chooser.choose(64, 8000) for _ in range(5)].count("ort") >= 4
