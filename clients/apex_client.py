@@ -57,10 +57,25 @@ def generate_request(
 
 
 class ApexClient:
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout: float | None = None) -> None:
+    """token: sent as 'authorization: Bearer <token>' (the daemon's generation or admin
+    token); tls_ca: PEM file of the CA that signed the daemon's certificate (TLS)."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        timeout: float | None = None,
+        token: str | None = None,
+        tls_ca: str | None = None,
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
+        if tls_ca:
+            with open(tls_ca, "rb") as f:
+                creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+            self.channel = grpc.secure_channel(address, creds)
+        else:
+            self.channel = grpc.insecure_channel(address)
         self.generation = generation_pb2_grpc.GenerationStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
 
@@ -79,35 +94,64 @@ class ApexClient:
         """Yields one message per step; the last has finish_reason and usage. Breaking
         out of the loop (or calling .cancel() on the returned iterator) aborts it."""
         return self.generation.Generate(
-            generate_request(prompt, request_id, **sampling), timeout=self.timeout
+            generate_request(prompt, request_id, **sampling),
+            timeout=self.timeout,
+            metadata=self.metadata,
         )
 
     def generate(
         self, prompt: str | Sequence[int], request_id: str = "", **sampling: Any
     ) -> generation_pb2.GenerateResult:
         return self.generation.GenerateUnary(
-            generate_request(prompt, request_id, **sampling), timeout=self.timeout
+            generate_request(prompt, request_id, **sampling),
+            timeout=self.timeout,
+            metadata=self.metadata,
         )
 
     def abort(self, request_id: str) -> bool:
         reply = self.generation.Abort(
-            generation_pb2.AbortRequest(request_id=request_id), timeout=self.timeout
+            generation_pb2.AbortRequest(request_id=request_id),
+            timeout=self.timeout,
+            metadata=self.metadata,
         )
         return reply.found
 
     def model_info(self) -> generation_pb2.ModelInfo:
-        return self.generation.GetModelInfo(generation_pb2.ModelInfoRequest(), timeout=self.timeout)
+        return self.generation.GetModelInfo(
+            generation_pb2.ModelInfoRequest(), timeout=self.timeout, metadata=self.metadata
+        )
 
     def status(self) -> admin_pb2.StatusResponse:
-        return self.admin.GetStatus(admin_pb2.StatusRequest(), timeout=self.timeout)
+        return self.admin.GetStatus(
+            admin_pb2.StatusRequest(), timeout=self.timeout, metadata=self.metadata
+        )
 
     def list_requests(self) -> list[admin_pb2.RequestInfo]:
         return list(
-            self.admin.ListRequests(admin_pb2.ListRequestsRequest(), timeout=self.timeout).requests
+            self.admin.ListRequests(
+                admin_pb2.ListRequestsRequest(), timeout=self.timeout, metadata=self.metadata
+            ).requests
         )
+
+    def drain(self) -> int:
+        reply = self.admin.Drain(
+            admin_pb2.DrainRequest(), timeout=self.timeout, metadata=self.metadata
+        )
+        return reply.in_flight
+
+    def migrate(self, request_id: str, tier: str) -> bool:
+        tiers = {"gpu": admin_pb2.KV_TIER_GPU, "cpu": admin_pb2.KV_TIER_CPU}
+        reply = self.admin.Migrate(
+            admin_pb2.MigrateRequest(request_id=request_id, tier=tiers[tier]),
+            timeout=self.timeout,
+            metadata=self.metadata,
+        )
+        return reply.found
 
     def admin_abort(self, request_id: str) -> bool:
         reply = self.admin.Abort(
-            generation_pb2.AbortRequest(request_id=request_id), timeout=self.timeout
+            generation_pb2.AbortRequest(request_id=request_id),
+            timeout=self.timeout,
+            metadata=self.metadata,
         )
         return reply.found

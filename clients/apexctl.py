@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import os
 import sys
+import time
+from pathlib import Path
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
 from clients.apex_client import DEFAULT_ADDRESS, FINISH_REASONS, ApexClient
+
+CONFIG_PATH = Path.home() / ".config" / "apex" / "apexctl.ini"
 
 
 def cmd_generate(client: ApexClient, args: argparse.Namespace) -> int:
@@ -57,6 +62,12 @@ def cmd_generate(client: ApexClient, args: argparse.Namespace) -> int:
 
 
 def cmd_status(client: ApexClient, args: argparse.Namespace) -> int:
+    if args.watch and not args.json:
+        while True:  # a live table until Ctrl-C
+            sys.stdout.write("\x1b[H\x1b[2J")
+            print_status(client.status())
+            print("\n(Ctrl-C to stop)")
+            time.sleep(args.watch)
     st = client.status()
     if args.json:
         print(
@@ -67,7 +78,13 @@ def cmd_status(client: ApexClient, args: argparse.Namespace) -> int:
             )
         )
         return 0
-    print(f"model        {st.model}")
+    print_status(st)
+    return 0
+
+
+def print_status(st) -> None:
+    state = "draining" if st.draining else "serving"
+    print(f"model        {st.model} ({state}; placement {st.placement})")
     print(
         f"requests     {st.num_running} running, {st.num_waiting} waiting "
         f"(queue bound {st.max_queue}), {st.finished_requests} finished"
@@ -83,9 +100,12 @@ def cmd_status(client: ApexClient, args: argparse.Namespace) -> int:
         f"throughput   {st.tokens_per_s:.1f} tokens/s over the last 10 s; "
         f"{st.generated_tokens} tokens in {st.iterations} iterations"
     )
-    print(f"preemptions  {st.preemptions}")
+    print(
+        f"preemptions  {st.preemptions}; migrations {st.swap_outs} to CPU, "
+        f"{st.swap_ins} to GPU; {st.num_swapped} parked"
+    )
+    print(f"recoveries   {st.executor_recoveries}")
     print(f"uptime       {st.uptime_s:.0f} s")
-    return 0
 
 
 def cmd_requests(client: ApexClient, args: argparse.Namespace) -> int:
@@ -103,6 +123,24 @@ def cmd_requests(client: ApexClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drain(client: ApexClient, args: argparse.Namespace) -> int:
+    n = client.drain()
+    print(
+        f"draining: {n} requests in flight finish, then the daemon stops; new ones get UNAVAILABLE"
+    )
+    return 0
+
+
+def cmd_migrate(client: ApexClient, args: argparse.Namespace) -> int:
+    found = client.migrate(args.request_id, args.tier)
+    print(
+        f"{args.request_id} moves to the {args.tier} tier"
+        if found
+        else f"no live request {args.request_id!r}"
+    )
+    return 0 if found else 1
+
+
 def cmd_abort(client: ApexClient, args: argparse.Namespace) -> int:
     found = client.admin_abort(args.request_id)
     print("aborted" if found else f"no live request {args.request_id!r}")
@@ -111,11 +149,10 @@ def cmd_abort(client: ApexClient, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="apexctl", description=__doc__)
-    ap.add_argument(
-        "--address",
-        default=os.environ.get("APEX_ADDRESS", DEFAULT_ADDRESS),
-        help="daemon host:port (env APEX_ADDRESS)",
-    )
+    ap.add_argument("--address", help=f"daemon host:port (env APEX_ADDRESS; {DEFAULT_ADDRESS})")
+    ap.add_argument("--token", help="bearer token (env APEX_TOKEN)")
+    ap.add_argument("--tls-ca", help="CA certificate (PEM) of a TLS daemon (env APEX_TLS_CA)")
+    ap.add_argument("--config", help=f"settings file (env APEX_CONFIG; default {CONFIG_PATH})")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per call")
     sub = ap.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="stream a generation to the terminal")
@@ -131,10 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object at the end")
     st = sub.add_parser("status", help="what the daemon is doing")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--watch", type=float, default=0, help="refresh every N seconds")
     rq = sub.add_parser("requests", help="list live requests")
     rq.add_argument("--json", action="store_true")
     ab = sub.add_parser("abort", help="abort a request by id")
     ab.add_argument("request_id")
+    sub.add_parser("drain", help="finish what is in flight, take nothing new, then stop")
+    mg = sub.add_parser("migrate", help="move a request's KV to the gpu or cpu tier")
+    mg.add_argument("request_id")
+    mg.add_argument("tier", choices=["gpu", "cpu"])
     return ap
 
 
@@ -143,21 +185,58 @@ COMMANDS = {
     "status": cmd_status,
     "requests": cmd_requests,
     "abort": cmd_abort,
+    "drain": cmd_drain,
+    "migrate": cmd_migrate,
 }
+
+
+def settings(args: argparse.Namespace) -> dict[str, str | None]:
+    """Flags, then environment, then the [apexctl] section of the config file."""
+    path = Path(args.config or os.environ.get("APEX_CONFIG") or CONFIG_PATH)
+    file: dict[str, str] = {}
+    if path.is_file():
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(path)
+        except configparser.Error as e:
+            sys.exit(f"apexctl: cannot read {path}: {e}")
+        file = dict(parser["apexctl"]) if parser.has_section("apexctl") else {}
+    elif args.config:
+        sys.exit(f"apexctl: config file {path} not found")
+
+    def pick(flag: str | None, env: str, key: str, default: str | None = None) -> str | None:
+        return flag or os.environ.get(env) or file.get(key) or default
+
+    return {
+        "address": pick(args.address, "APEX_ADDRESS", "address", DEFAULT_ADDRESS),
+        "token": pick(args.token, "APEX_TOKEN", "token"),
+        "tls_ca": pick(args.tls_ca, "APEX_TLS_CA", "tls_ca"),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    conf = settings(args)
+    address = conf["address"]
     try:
-        with ApexClient(args.address, timeout=args.timeout) as client:
+        with ApexClient(
+            address, timeout=args.timeout, token=conf["token"], tls_ca=conf["tls_ca"]
+        ) as client:
             code = COMMANDS[args.command](client, args)
     except grpc.RpcError as e:
         if e.code() == grpc.StatusCode.UNAVAILABLE:
             sys.exit(
-                f"apexctl: cannot reach the APEX daemon at {args.address} "
+                f"apexctl: cannot reach the APEX daemon at {address} "
                 f"({e.details()}); is `apex serve` running?"
             )
+        if e.code() == grpc.StatusCode.UNAUTHENTICATED:
+            sys.exit(
+                f"apexctl: the daemon refused the call ({e.details()}); pass --token, "
+                "set APEX_TOKEN, or put token = ... in the config file"
+            )
         sys.exit(f"apexctl: {e.code().name}: {e.details()}")
+    except OSError as e:
+        sys.exit(f"apexctl: {e}")
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(code)

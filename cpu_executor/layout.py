@@ -133,7 +133,7 @@ class ExchangeViews:
     """numpy views into an attached exchange segment."""
 
     counters: np.ndarray  # uint32, [num_counters, LINE / 4]; [:, 0] seq, [:, 1] waiters
-    header: np.ndarray  # int64 [8]: rows, step id, ...
+    header: np.ndarray  # int64 [8]: [0] rows, [1] block-table width, [7] CPU worker's pid
     context_lens: np.ndarray
     slots: np.ndarray
     block_tables: np.ndarray

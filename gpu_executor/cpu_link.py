@@ -8,6 +8,7 @@ their own into the exchange, which is registered as pinned memory.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -20,6 +21,17 @@ from cpu_executor.layout import DONE, STEP, ExchangeLayout, TierLayout, layer_in
 from cpu_executor.shm import Segment
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+WAIT_SLICE_S = 0.1
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class CpuExecutorLost(RuntimeError):
@@ -128,21 +140,29 @@ class CpuLink:
         self.copy_done.pop().synchronize()  # only the D2H copies, not the GPU's work
         self.exchange.signal(layer_in(layer), self.step)
 
+    def wait(self, counter: int, what: str) -> None:
+        """Wait in slices, checking between them that the CPU executor still lives, so
+        that a crash fails the step at once rather than at the timeout."""
+        deadline = time.monotonic() + self.timeout_s
+        while not self.exchange.wait(counter, self.step, WAIT_SLICE_S):
+            pid = int(self.exchange.views.header[7])
+            if pid and not alive(pid):
+                raise CpuExecutorLost(f"the CPU executor (pid {pid}) is gone ({what})")
+            if time.monotonic() > deadline:
+                raise CpuExecutorLost(
+                    f"the CPU executor did not answer {what} in {self.timeout_s:.0f} s"
+                )
+
     def receive(self, layer: int, dtype: torch.dtype) -> torch.Tensor:
         t = time.perf_counter()
-        if not self.exchange.wait(layer_out(layer), self.step, self.timeout_s):
-            raise CpuExecutorLost(
-                f"the CPU executor did not answer layer {layer} of step {self.step} in "
-                f"{self.timeout_s:.0f} s"
-            )
+        self.wait(layer_out(layer), f"layer {layer} of step {self.step}")
         self.join_wait_s += time.perf_counter() - t
         out = self.out[layer][: self.rows]
         return out.to(self.device, dtype=dtype, non_blocking=self.copy_stream is not None)
 
     def finish(self) -> float:
         """Waits for the CPU's end of the step; returns its attention time, all layers."""
-        if not self.exchange.wait(DONE, self.step, self.timeout_s):
-            raise CpuExecutorLost(f"the CPU executor did not finish step {self.step}")
+        self.wait(DONE, f"the end of step {self.step}")
         return float(self.exchange.views.timings[:, 2].sum())
 
     # -- migration ------------------------------------------------------------------

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 
 import grpc
 from apex.v1 import (
@@ -18,10 +20,13 @@ from apex.v1 import (
 )
 
 from common.grpc_server import add_health_and_reflection, set_serving, setup_logging
+from scheduler.auth import TokenAuthInterceptor
 from scheduler.config import ModelSpec, SchedulerConfig
 from scheduler.core import Scheduler
 from scheduler.engine import Engine
 from scheduler.executor_client import CpuExecutorClient, GpuExecutorClient
+from scheduler.executors import Executors
+from scheduler.metrics import Metrics
 from scheduler.service import AdminService, GenerationService
 from scheduler.tokenizer import TextTokenizer
 from scheduler.validation import Limits
@@ -72,6 +77,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=300.0,
         help="how long to wait for the executor at start",
     )
+    ap.add_argument(
+        "--generation-token",
+        default=os.environ.get("APEX_GENERATION_TOKEN", ""),
+        help="bearer token for Generation calls (env APEX_GENERATION_TOKEN)",
+    )
+    ap.add_argument(
+        "--admin-token",
+        default=os.environ.get("APEX_ADMIN_TOKEN", ""),
+        help="bearer token for Admin calls (env APEX_ADMIN_TOKEN)",
+    )
+    ap.add_argument("--tls-cert", default="", help="PEM certificate: serve TLS")
+    ap.add_argument("--tls-key", default="", help="PEM private key for --tls-cert")
+    ap.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics over HTTP on this port (0: off)",
+    )
+    ap.add_argument(
+        "--drain-grace-s",
+        type=float,
+        default=30.0,
+        help="on SIGTERM or Drain, how long in-flight requests may take",
+    )
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
 
@@ -100,28 +129,17 @@ async def wait_for(client: GpuExecutorClient | CpuExecutorClient, name: str, wai
             await asyncio.sleep(0.2)
 
 
-async def setup_cpu_tier(
-    args: argparse.Namespace, spec: ModelSpec, info, gpu: GpuExecutorClient, max_len: int
-) -> int:
-    """Size the CPU tier, have the CPU executor create it, the GPU executor attach it."""
-    if not args.cpu_executor:
-        if args.placement == "cpu":
-            raise SystemExit("apex-scheduler: --placement cpu needs --cpu-executor")
-        return 0
-    client = CpuExecutorClient(args.cpu_executor)
-    await wait_for(client, "CPU executor", args.executor_wait_s)
+def tier_request(args: argparse.Namespace, spec: ModelSpec, info, max_len: int):
+    """The CPU tier's dimensions and size, or None when there is no CPU tier."""
     kv_dtype = args.cpu_kv_dtype or info.dtype
     if kv_dtype not in DTYPE_BYTES:
         raise SystemExit(f"apex-scheduler: --cpu-kv-dtype must be one of {sorted(DTYPE_BYTES)}")
     per_block = spec.kv_bytes_per_token(DTYPE_BYTES[kv_dtype]) * args.block_size
-    blocks = (
-        args.cpu_blocks
-        if args.cpu_blocks is not None
-        else int((args.cpu_kv_gb if args.cpu_kv_gb is not None else 1.0) * 1e9 // per_block)
-    )
+    gb = args.cpu_kv_gb if args.cpu_kv_gb is not None else 1.0
+    blocks = args.cpu_blocks if args.cpu_blocks is not None else int(gb * 1e9 // per_block)
     if blocks <= 0:
-        return 0
-    request = executor_pb2.InitTierRequest(
+        return None
+    return executor_pb2.InitTierRequest(
         num_layers=spec.num_layers,
         num_blocks=blocks,
         block_size=args.block_size,
@@ -133,31 +151,40 @@ async def setup_cpu_tier(
         max_rows=args.max_num_seqs,
         max_blocks_per_seq=-(-max_len // args.block_size),
     )
-    try:
-        layout = await client.init_tier(request)
-        await gpu.attach_cpu_tier(layout)
-    except grpc.aio.AioRpcError as e:
-        raise SystemExit(
-            f"apex-scheduler: the CPU KV tier could not be set up: {e.details()}"
-        ) from e
-    finally:
-        await client.close()
-    log.info(
-        "CPU tier: %d blocks of %d tokens, %s (%.1f MiB in /dev/shm/%s)",
-        blocks,
-        args.block_size,
-        kv_dtype,
-        layout.kv_bytes / 2**20,
-        layout.kv_segment,
-    )
-    return blocks
+
+
+def listen(server: grpc.aio.Server, args: argparse.Namespace) -> int:
+    address = f"{args.host}:{args.port}"
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise SystemExit("apex-scheduler: TLS needs both --tls-cert and --tls-key")
+        creds = grpc.ssl_server_credentials(
+            [(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())]
+        )
+        bound = server.add_secure_port(address, creds)
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise SystemExit(f"apex-scheduler: cannot listen on {address}")
+    return bound
+
+
+async def drain(engine: Engine, grace_s: float) -> None:
+    """Take no more requests; let the ones in flight finish for up to grace_s."""
+    engine.draining = True
+    deadline = time.monotonic() + grace_s
+    while engine.scheduler.has_work() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    left = len(engine.scheduler.requests)
+    if left:
+        log.warning("drain grace of %.0f s over: %d requests end with UNAVAILABLE", grace_s, left)
 
 
 async def serve(args: argparse.Namespace) -> None:
     spec = ModelSpec.from_dir(args.model)
     tokenizer = TextTokenizer(args.model)
-    client = GpuExecutorClient(args.gpu_executor)
-    info = await wait_for(client, "GPU executor", args.executor_wait_s)
+    gpu = GpuExecutorClient(args.gpu_executor)
+    info = await wait_for(gpu, "GPU executor", args.executor_wait_s)
     bytes_per_block = spec.kv_bytes_per_token(DTYPE_BYTES[info.dtype]) * args.block_size
     num_blocks = gpu_blocks(args, bytes_per_block, info.free_device_memory_bytes)
     max_len = args.max_model_len or spec.max_position_embeddings
@@ -166,11 +193,21 @@ async def serve(args: argparse.Namespace) -> None:
             f"--max-model-len {max_len} exceeds the model's "
             f"{spec.max_position_embeddings} positions"
         )
-    fits = num_blocks * args.block_size
-    if fits < max_len and not args.max_model_len:
-        log.warning("the GPU tier holds %d tokens; max_model_len lowered from %d", fits, max_len)
-        max_len = fits
-    cpu_blocks = await setup_cpu_tier(args, spec, info, client, max_len)
+    if num_blocks * args.block_size < max_len and not args.max_model_len:
+        log.warning(
+            "the GPU tier holds %d tokens; max_model_len lowered from %d",
+            num_blocks * args.block_size,
+            max_len,
+        )
+        max_len = num_blocks * args.block_size
+    cpu, tier = None, None
+    if args.cpu_executor:
+        cpu = CpuExecutorClient(args.cpu_executor)
+        await wait_for(cpu, "CPU executor", args.executor_wait_s)
+        tier = tier_request(args, spec, info, max_len)
+    elif args.placement == "cpu":
+        raise SystemExit("apex-scheduler: --placement cpu needs --cpu-executor")
+    cpu_blocks = tier.num_blocks if tier is not None else 0
     try:
         config = SchedulerConfig(
             max_model_len=max_len,
@@ -184,16 +221,28 @@ async def serve(args: argparse.Namespace) -> None:
         )
     except ValueError as e:
         raise SystemExit(f"apex-scheduler: {e}") from e
-    cache_bytes = await client.init_cache(num_blocks, args.block_size)
+    executors = Executors(gpu, num_blocks, args.block_size, cpu, tier)
+    try:
+        await executors.ensure_ready()
+    except grpc.aio.AioRpcError as e:
+        raise SystemExit(f"apex-scheduler: the executors could not be set up: {e.details()}") from e
     log.info(
-        "GPU tier: %d blocks of %d tokens (%.1f MiB); max_model_len %d",
+        "GPU tier: %d blocks of %d tokens; CPU tier: %d blocks; max_model_len %d; placement %s",
         num_blocks,
         args.block_size,
-        cache_bytes / 2**20,
+        cpu_blocks,
         max_len,
+        config.placement,
     )
 
-    engine = Engine(Scheduler(config, tokenizer.eos_token_ids), client, tokenizer)
+    metrics = Metrics()
+    engine = Engine(
+        Scheduler(config, tokenizer.eos_token_ids), executors, tokenizer, observer=metrics
+    )
+    metrics.watch(engine)
+    if args.metrics_port:
+        metrics.serve(args.host, args.metrics_port)
+        log.info("Prometheus metrics on http://%s:%d/metrics", args.host, args.metrics_port)
     model_info = generation_pb2.ModelInfo(
         model=spec.name,
         vocab_size=spec.vocab_size,
@@ -208,31 +257,35 @@ async def serve(args: argparse.Namespace) -> None:
         block_size=args.block_size,
         gpu_blocks=num_blocks,
     )
-    server = grpc.aio.server()
+    stop = asyncio.Event()
+    server = grpc.aio.server(
+        interceptors=[TokenAuthInterceptor(args.generation_token, args.admin_token)]
+    )
     limits = Limits(max_model_len=max_len, vocab_size=spec.vocab_size)
     generation_pb2_grpc.add_GenerationServicer_to_server(
         GenerationService(engine, limits, model_info), server
     )
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(engine, spec.name), server)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(engine, spec.name, stop.set), server)
     health = add_health_and_reflection(server, SERVICES)
-    bound = server.add_insecure_port(f"{args.host}:{args.port}")
-    if bound == 0:
-        raise SystemExit(f"apex-scheduler: cannot listen on {args.host}:{args.port}")
+    bound = listen(server, args)
     await server.start()
     engine.start()
     set_serving(health, SERVICES, True)
-    log.info("serving %s on %s:%d", spec.name, args.host, bound)
+    log.info(
+        "serving %s on %s:%d%s", spec.name, args.host, bound, " (TLS)" if args.tls_cert else ""
+    )
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    log.info("draining (grace %.0f s)", args.drain_grace_s)
     set_serving(health, SERVICES, False)
+    await drain(engine, args.drain_grace_s)
     await engine.stop()
     await server.stop(grace=2.0)
-    await client.close()
+    await executors.close()
+    log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from scheduler.core import Scheduler, StepPlan
-from scheduler.executor_client import GpuExecutorClient
+from scheduler.executors import Executors
+from scheduler.metrics import EngineObserver
 from scheduler.request import FinishReason, Request
 from scheduler.tokenizer import IncrementalDetokenizer, TextTokenizer
 
@@ -61,6 +62,10 @@ class QueueFull(Exception):
     pass
 
 
+class Draining(Exception):
+    pass
+
+
 @dataclass
 class EngineStats:
     iterations: int = 0
@@ -70,6 +75,8 @@ class EngineStats:
     started: float = field(default_factory=time.monotonic)
     window: deque = field(default_factory=lambda: deque(maxlen=4096))  # (time, tokens)
     last_strategy: str = "gpu-only"
+    by_strategy: dict[str, int] = field(default_factory=dict)
+    recoveries: int = 0
 
     def tokens_per_s(self, horizon: float = 10.0) -> float:
         now = time.monotonic()
@@ -84,13 +91,16 @@ class Engine:
     def __init__(
         self,
         scheduler: Scheduler,
-        executor: GpuExecutorClient,
+        executors: Executors,
         tokenizer: TextTokenizer,
         step_timeout_s: float = 120.0,
-        recovery_timeout_s: float = 60.0,
+        recovery_timeout_s: float = 120.0,
+        observer: EngineObserver | None = None,
     ) -> None:
         self.scheduler = scheduler
-        self.executor = executor
+        self.executors = executors
+        self.observer = observer or EngineObserver()
+        self.draining = False
         self.tokenizer = tokenizer
         self.streams: dict[str, RequestStream] = {}
         self.stats = EngineStats()
@@ -102,10 +112,12 @@ class Engine:
 
     # -- requests -------------------------------------------------------------------
     def submit(self, req: Request) -> RequestStream:
-        if self.stopping:
-            raise RuntimeError("the server is shutting down")
+        if self.stopping or self.draining:
+            self.observer.on_reject("draining")
+            raise Draining("the server is draining: it finishes what it has and takes no more")
         if self.scheduler.queue_full():
             self.stats.rejected_requests += 1
+            self.observer.on_reject("queue_full")
             raise QueueFull(f"the waiting queue is full ({self.scheduler.config.max_queue})")
         self.scheduler.add(req)  # raises ValueError on a duplicate id
         stream = RequestStream(
@@ -139,12 +151,16 @@ class Engine:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
+            t = time.monotonic()
             try:
-                reply = await self.executor.step(plan, timeout=self.step_timeout_s)
+                reply = await self.executors.step(plan, timeout=self.step_timeout_s)
             except grpc.aio.AioRpcError as e:
                 await self.recover(e)
                 continue
             self.apply(plan, list(reply.next_tokens))
+            self.observer.on_step(
+                self.stats.last_strategy, time.monotonic() - t, len(reply.next_tokens)
+            )
             await asyncio.sleep(0)  # let handlers stream and new requests arrive
         self.fail_all(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
 
@@ -152,7 +168,9 @@ class Engine:
         updated = self.scheduler.update(plan, tokens)
         now = time.monotonic()
         self.stats.iterations += 1
-        self.stats.last_strategy = "async-overlap" if plan.num_cpu_rows else "gpu-only"
+        strategy = "async-overlap" if plan.num_cpu_rows else "gpu-only"
+        self.stats.last_strategy = strategy
+        self.stats.by_strategy[strategy] = self.stats.by_strategy.get(strategy, 0) + 1
         self.stats.generated_tokens += len(updated)
         self.stats.window.append((now, len(updated)))
         for req in updated:
@@ -187,31 +205,30 @@ class Engine:
         stream.queue.put_nowait(
             OutputDelta(text, new_tokens, req.finish_reason, req.matched_stop, usage)
         )
+        self.observer.on_finish(
+            req.finish_reason.name.lower(),
+            usage.time_to_first_token_s,
+            usage.total_time_s,
+            usage.completion_tokens,
+        )
         del self.streams[req.request_id]
 
     async def recover(self, error: grpc.aio.AioRpcError) -> None:
-        """The executor failed a step: recompute what it held once it answers again."""
+        """An executor failed a step: recompute what was running once both answer again."""
         lost = self.scheduler.requeue_running()
+        self.stats.recoveries += 1
         log.error(
-            "executor step failed (%s: %s); %d running requests will be recomputed",
+            "executor step failed (%s: %s); %d requests will be recomputed",
             error.code().name,
             error.details(),
             len(lost),
         )
-        deadline = time.monotonic() + self.recovery_timeout_s
-        while not self.stopping and time.monotonic() < deadline:
-            try:
-                info = await self.executor.info(timeout=2.0)
-                if not info.cache_ready:
-                    cfg = self.scheduler.config
-                    await self.executor.init_cache(cfg.num_gpu_blocks, cfg.block_size)
-                log.info("executor is back; resuming")
-                return
-            except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.5)
+        if await self.executors.recover(self.recovery_timeout_s):
+            log.info("executors are back; resuming")
+            return
         self.fail_all(
             grpc.StatusCode.UNAVAILABLE,
-            f"the GPU executor at {self.executor.address} is unreachable",
+            f"the executors at {self.executors.describe()} are unreachable",
         )
 
     def fail_all(self, code: grpc.StatusCode, message: str) -> None:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ class Child:
     name: str
     proc: subprocess.Popen
     address: str
+    argv: list[str]
+    log_file: object = None
+
+
+MAX_RESTARTS = 10  # per executor, over the life of the stack
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -60,7 +66,29 @@ def start(name: str, argv: list[str], address: str, log_file=None) -> Child:
         stderr=subprocess.STDOUT if log_file else None,
         start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
     )
-    return Child(name, proc, address)
+    return Child(name, proc, address, list(argv), log_file)
+
+
+def restart_crashed(children: list[Child], restarts: dict[str, int]) -> None:
+    """Start again, on the same port, any executor that died; the daemon notices on its
+    next step, waits for it and recomputes what it held. The daemon itself is not
+    restarted: it holds the requests, so its death ends the stack."""
+    for i, child in enumerate(children):
+        code = child.proc.poll()
+        if code is None:
+            continue
+        if child.name == "scheduler":
+            raise LaunchError(f"the scheduler exited unexpectedly with code {code}")
+        restarts[child.name] = restarts.get(child.name, 0) + 1
+        if restarts[child.name] > MAX_RESTARTS:
+            raise LaunchError(f"{child.name} crashed {MAX_RESTARTS} times; giving up")
+        print(
+            f"apex: {child.name} exited with code {code}; restarting it "
+            f"({restarts[child.name]}/{MAX_RESTARTS})",
+            file=sys.stderr,
+            flush=True,
+        )
+        children[i] = start(child.name, child.argv, child.address, child.log_file)
 
 
 def wait_healthy(child: Child, timeout_s: float) -> None:
@@ -87,6 +115,29 @@ def stop(children: list[Child], grace_s: float = 10.0) -> None:
                 child.proc.wait()
 
 
+class Watcher(threading.Thread):
+    """restart_crashed in the background, for stacks run inside another program."""
+
+    def __init__(self, children: list[Child]) -> None:
+        super().__init__(name="stack-watcher", daemon=True)
+        self.children = children
+        self.done = threading.Event()
+        self.restarts: dict[str, int] = {}
+        self.error: LaunchError | None = None
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            try:
+                restart_crashed(self.children, self.restarts)
+            except LaunchError as e:
+                self.error = e
+                return
+
+    def halt(self) -> None:
+        self.done.set()
+        self.join()
+
+
 @dataclass
 class LocalStack:
     address: str
@@ -104,6 +155,7 @@ def local_stack(
     log_dir: Path | None = None,
     start_timeout_s: float = 300.0,
     cpu_executor_args: Sequence[str] | None = None,
+    supervise: bool = False,
 ) -> Iterator[LocalStack]:
     """Executors, then the daemon, each healthy before the next; stopped in reverse.
 
@@ -161,7 +213,15 @@ def local_stack(
                 logs.append(log_file)
             children.append(start(name, argv, address, log_file))
             wait_healthy(children[-1], start_timeout_s)
-        yield LocalStack(children[-1].address, ex_addr, children)
+        watcher = None
+        if supervise:
+            watcher = Watcher(children)
+            watcher.start()
+        try:
+            yield LocalStack(children[-1].address, ex_addr, children)
+        finally:
+            if watcher is not None:
+                watcher.halt()
     finally:
         stop(children)
         for f in logs:
@@ -193,11 +253,9 @@ def serve(
                 f'(try: apexctl --address {stack.address} generate "Hello")',
                 flush=True,
             )
+            restarts: dict[str, int] = {}
             while not stop_requested:
-                for child in stack.children:
-                    code = child.proc.poll()
-                    if code is not None:
-                        raise LaunchError(f"{child.name} exited unexpectedly with code {code}")
+                restart_crashed(stack.children, restarts)
                 time.sleep(0.2)
             print("apex: stopping", file=sys.stderr, flush=True)
         return 0

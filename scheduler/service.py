@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from apex.v1 import admin_pb2, admin_pb2_grpc, generation_pb2, generation_pb2_grpc
 
-from scheduler.engine import Engine, EngineError, OutputDelta, QueueFull, RequestStream
+from scheduler.engine import Draining, Engine, EngineError, OutputDelta, QueueFull, RequestStream
 from scheduler.request import Status, Tier
 from scheduler.validation import InvalidRequest, Limits, build_request
 
@@ -48,10 +48,10 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
             return self.engine.submit(req)
         except QueueFull as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except Draining as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         except ValueError as e:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(e))
-        except RuntimeError as e:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         raise AssertionError("unreachable: context.abort raises")
 
     async def deltas(self, stream: RequestStream, context) -> AsyncIterator[OutputDelta]:
@@ -110,9 +110,15 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, engine: Engine, model: str) -> None:
+    def __init__(self, engine: Engine, model: str, request_shutdown: Callable[[], None]) -> None:
         self.engine = engine
         self.model = model
+        self.request_shutdown = request_shutdown
+
+    async def Drain(self, request, context):
+        self.engine.draining = True
+        self.request_shutdown()
+        return admin_pb2.DrainResponse(in_flight=len(self.engine.scheduler.requests))
 
     async def GetStatus(self, request, context):
         e, s = self.engine, self.engine.scheduler
@@ -144,6 +150,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             swap_outs=s.num_swap_outs,
             swap_ins=s.num_swap_ins,
             num_swapped=len(s.swapped),
+            draining=e.draining,
+            executor_recoveries=st.recoveries,
         )
 
     async def ListRequests(self, request, context):

@@ -55,6 +55,11 @@ class AdminStub:
                 request_serializer=apex_dot_v1_dot_admin__pb2.MigrateRequest.SerializeToString,
                 response_deserializer=apex_dot_v1_dot_admin__pb2.MigrateResponse.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/apex.v1.Admin/Drain',
+                request_serializer=apex_dot_v1_dot_admin__pb2.DrainRequest.SerializeToString,
+                response_deserializer=apex_dot_v1_dot_admin__pb2.DrainResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -86,6 +91,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Stops taking requests (new ones get UNAVAILABLE), finishes those in flight within
+        the drain grace period, then shuts the daemon down: what SIGTERM does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +121,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Migrate,
                     request_deserializer=apex_dot_v1_dot_admin__pb2.MigrateRequest.FromString,
                     response_serializer=apex_dot_v1_dot_admin__pb2.MigrateResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=apex_dot_v1_dot_admin__pb2.DrainRequest.FromString,
+                    response_serializer=apex_dot_v1_dot_admin__pb2.DrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +236,33 @@ class Admin:
             '/apex.v1.Admin/Migrate',
             apex_dot_v1_dot_admin__pb2.MigrateRequest.SerializeToString,
             apex_dot_v1_dot_admin__pb2.MigrateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apex.v1.Admin/Drain',
+            apex_dot_v1_dot_admin__pb2.DrainRequest.SerializeToString,
+            apex_dot_v1_dot_admin__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,
