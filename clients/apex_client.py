@@ -69,6 +69,7 @@ class ApexClient:
     ) -> None:
         self.address = address
         self.timeout = timeout
+        self.tls_ca = tls_ca
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         if tls_ca:
             with open(tls_ca, "rb") as f:

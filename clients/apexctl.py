@@ -14,6 +14,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from clients.apex_client import DEFAULT_ADDRESS, FINISH_REASONS, ApexClient
+from common.grpc_server import check_health
 
 CONFIG_PATH = Path.home() / ".config" / "apex" / "apexctl.ini"
 
@@ -123,6 +124,13 @@ def cmd_requests(client: ApexClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(client: ApexClient, args: argparse.Namespace) -> int:
+    """gRPC health (needs no token): exit 0 when serving, for scripts and healthchecks."""
+    ok = check_health(client.address, timeout=args.timeout or 3.0, tls_ca=client.tls_ca)
+    print("serving" if ok else "not serving")
+    return 0 if ok else 1
+
+
 def cmd_drain(client: ApexClient, args: argparse.Namespace) -> int:
     n = client.drain()
     print(
@@ -174,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab = sub.add_parser("abort", help="abort a request by id")
     ab.add_argument("request_id")
     sub.add_parser("drain", help="finish what is in flight, take nothing new, then stop")
+    sub.add_parser("health", help="exit 0 when the daemon answers gRPC health as serving")
     mg = sub.add_parser("migrate", help="move a request's KV to the gpu or cpu tier")
     mg.add_argument("request_id")
     mg.add_argument("tier", choices=["gpu", "cpu"])
@@ -186,6 +195,7 @@ COMMANDS = {
     "requests": cmd_requests,
     "abort": cmd_abort,
     "drain": cmd_drain,
+    "health": cmd_health,
     "migrate": cmd_migrate,
 }
 

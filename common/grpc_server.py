@@ -51,10 +51,16 @@ def setup_logging(process: str, level: str = "INFO") -> None:
     )
 
 
-def check_health(address: str, timeout: float = 1.0) -> bool:
+def check_health(address: str, timeout: float = 1.0, tls_ca: str | None = None) -> bool:
     """True when the server at address answers SERVING for the whole server."""
     try:
-        with grpc.insecure_channel(address) as ch:
+        if tls_ca:
+            with open(tls_ca, "rb") as f:
+                creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+            channel = grpc.secure_channel(address, creds)
+        else:
+            channel = grpc.insecure_channel(address)
+        with channel as ch:
             reply = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout
             )

@@ -34,6 +34,13 @@ class Child:
     argv: list[str]
     log_file: object = None
 
+    @property
+    def tls_ca(self) -> str | None:
+        """A daemon serving TLS with a self-signed certificate is probed with it as CA."""
+        if "--tls-cert" in self.argv:
+            return self.argv[self.argv.index("--tls-cert") + 1]
+        return None
+
 
 MAX_RESTARTS = 10  # per executor, over the life of the stack
 
@@ -97,7 +104,7 @@ def wait_healthy(child: Child, timeout_s: float) -> None:
         code = child.proc.poll()
         if code is not None:
             raise LaunchError(f"{child.name} exited with code {code} before it was healthy")
-        if check_health(child.address, timeout=0.5):
+        if check_health(child.address, timeout=0.5, tls_ca=child.tls_ca):
             return
         time.sleep(0.1)
     raise LaunchError(f"{child.name} at {child.address} was not healthy in {timeout_s:.0f} s")
