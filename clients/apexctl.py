@@ -67,6 +67,8 @@ def cmd_status(client: ApexClient, args: argparse.Namespace) -> int:
         while True:  # a live table until Ctrl-C
             sys.stdout.write("\x1b[H\x1b[2J")
             print_status(client.status())
+            print()
+            print_requests(client.list_requests())
             print("\n(Ctrl-C to stop)")
             time.sleep(args.watch)
     st = client.status()
@@ -114,14 +116,25 @@ def cmd_requests(client: ApexClient, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([MessageToDict(r, preserving_proto_field_name=True) for r in reqs]))
         return 0
-    print(f"{'request_id':34} {'state':8} {'prompt':>6} {'output':>6} {'max':>6} {'blocks':>6}")
-    for r in reqs:
-        state = "running" if r.state == 2 else "waiting"
-        print(
-            f"{r.request_id:34} {state:8} {r.prompt_tokens:6} {r.output_tokens:6} "
-            f"{r.max_tokens:6} {r.gpu_blocks:6}"
-        )
+    print_requests(reqs)
     return 0
+
+
+STATES = {1: "waiting", 2: "running", 3: "swapped"}
+TIERS = {1: "gpu", 2: "cpu"}
+
+
+def print_requests(reqs) -> None:
+    print(
+        f"{'request_id':34} {'state':8} {'tier':4} {'prompt':>6} {'output':>6} {'max':>6} "
+        f"{'blocks':>6} {'age s':>6}"
+    )
+    for r in reqs:
+        print(
+            f"{r.request_id[:34]:34} {STATES.get(r.state, '?'):8} {TIERS.get(r.tier, '-'):4} "
+            f"{r.prompt_tokens:6} {r.output_tokens:6} {r.max_tokens:6} "
+            f"{r.gpu_blocks + r.cpu_blocks:6} {r.age_s:6.1f}"
+        )
 
 
 def cmd_health(client: ApexClient, args: argparse.Namespace) -> int:
