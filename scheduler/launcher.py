@@ -26,6 +26,10 @@ class LaunchError(RuntimeError):
     pass
 
 
+class StackDone(Exception):
+    """The daemon exited 0: it drained (SIGTERM or the admin Drain call) and stopped."""
+
+
 @dataclass
 class Child:
     name: str
@@ -85,6 +89,8 @@ def restart_crashed(children: list[Child], restarts: dict[str, int]) -> None:
         if code is None:
             continue
         if child.name == "scheduler":
+            if code == 0:
+                raise StackDone()
             raise LaunchError(f"the scheduler exited unexpectedly with code {code}")
         restarts[child.name] = restarts.get(child.name, 0) + 1
         if restarts[child.name] > MAX_RESTARTS:
@@ -136,6 +142,8 @@ class Watcher(threading.Thread):
         while not self.done.wait(0.1):
             try:
                 restart_crashed(self.children, self.restarts)
+            except StackDone:
+                return
             except LaunchError as e:
                 self.error = e
                 return
@@ -262,7 +270,15 @@ def serve(
             )
             restarts: dict[str, int] = {}
             while not stop_requested:
-                restart_crashed(stack.children, restarts)
+                try:
+                    restart_crashed(stack.children, restarts)
+                except StackDone:
+                    print(
+                        "apex: the scheduler drained and stopped; stopping the executors",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    break
                 time.sleep(0.2)
             print("apex: stopping", file=sys.stderr, flush=True)
         return 0

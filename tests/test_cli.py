@@ -124,3 +124,40 @@ def test_serve_fails_clearly_without_shared_memory(models, tmp_path):
     assert "no-shm-here does not exist" in out and "shared memory" in out, out
     assert "shm_size" in out  # says how to fix it
     assert "Traceback" not in out
+
+
+def test_apexctl_drain_stops_apex_serve_cleanly(models, tmp_path):
+    port = free_port()
+    serve = subprocess.Popen(
+        [
+            str(BIN / "apex"),
+            "serve",
+            "--model",
+            str(models["tiny"]),
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--cpu-kv-gb",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        line = ""
+        while not line.startswith("apex: serving"):
+            line = serve.stdout.readline()
+            assert line or serve.poll() is None, "apex serve exited before it was ready"
+        env = dict(os.environ, APEX_ADDRESS=f"127.0.0.1:{port}")
+        r = subprocess.run(
+            [str(BIN / "apexctl"), "drain"], capture_output=True, text=True, timeout=30, env=env
+        )
+        assert r.returncode == 0 and "draining" in r.stdout, r.stderr
+        assert serve.wait(60) == 0
+        rest = serve.stdout.read()
+        assert "drained and stopped" in rest and "unexpectedly" not in rest, rest
+    finally:
+        if serve.poll() is None:
+            serve.kill()
