@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import threading
 from concurrent import futures
 
 import grpc
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
-from common.grpc_server import add_health_and_reflection, set_serving, setup_logging
+from common.grpc_server import serve_until_signalled, setup_logging
 from cpu_executor.dataplane import Exchange
 from cpu_executor.layout import ExchangeLayout, TierLayout
 from cpu_executor.shm import (
@@ -162,19 +161,14 @@ def main(argv: list[str] | None = None) -> None:
     servicer = CpuExecutorServicer(threads, paths)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     executor_pb2_grpc.add_CpuExecutorServicer_to_server(servicer, server)
-    health = add_health_and_reflection(server, [SERVICE])
-    bound = server.add_insecure_port(f"{args.host}:{args.port}")
-    if bound == 0:
-        raise SystemExit(f"apex-cpu-executor: cannot listen on {args.host}:{args.port}")
-    server.start()
-    set_serving(health, [SERVICE], True)
-    log.info("serving on %s:%d with %d threads, paths %s", args.host, bound, threads, paths)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    set_serving(health, [SERVICE], False)
-    server.stop(grace=2).wait()
+    serve_until_signalled(
+        server,
+        SERVICE,
+        args.host,
+        args.port,
+        "apex-cpu-executor",
+        f" with {threads} threads, paths {paths}",
+    )
     servicer.release()
     log.info("stopped")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 import time
 from concurrent import futures
@@ -17,7 +16,7 @@ import grpc
 import torch
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
-from common.grpc_server import add_health_and_reflection, set_serving, setup_logging
+from common.grpc_server import serve_until_signalled, setup_logging
 from cpu_executor.shm import SharedMemoryError
 from gpu_executor.batch import SeqInput, pack
 from gpu_executor.cpu_link import CpuExecutorLost, CpuLink
@@ -187,19 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
     )
     executor_pb2_grpc.add_GpuExecutorServicer_to_server(GpuExecutorServicer(runner), server)
-    health = add_health_and_reflection(server, [SERVICE])
-    bound = server.add_insecure_port(f"{args.host}:{args.port}")
-    if bound == 0:
-        raise SystemExit(f"apex-gpu-executor: cannot listen on {args.host}:{args.port}")
-    server.start()
-    set_serving(health, [SERVICE], True)
-    log.info("serving on %s:%d", args.host, bound)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    set_serving(health, [SERVICE], False)
-    server.stop(grace=2).wait()
+    serve_until_signalled(server, SERVICE, args.host, args.port, "apex-gpu-executor")
     log.info("stopped")
 
 

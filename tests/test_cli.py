@@ -20,6 +20,35 @@ def run(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
 
 
+def start_serve(model: Path, port: int, *extra: str) -> subprocess.Popen:
+    """`apex serve` as a user runs it; returns once it says it is serving."""
+    serve = subprocess.Popen(
+        [
+            str(BIN / "apex"),
+            "serve",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = serve.stdout.readline()
+        if line.startswith("apex: serving"):
+            return serve
+        if not line and serve.poll() is not None:
+            break
+    serve.kill()
+    raise AssertionError("apex serve never said it was serving")
+
+
 def test_init_model_rejects_unknown_preset(tmp_path):
     r = run(str(BIN / "apex"), "init-model", str(tmp_path / "m"), "--preset", "nope")
     assert r.returncode != 0
@@ -32,21 +61,8 @@ def test_serve_generate_status_and_clean_stop(tmp_path):
     assert r.returncode == 0, r.stderr
     port = free_port()
     env = dict(os.environ, APEX_ADDRESS=f"127.0.0.1:{port}")
-    serve = subprocess.Popen(
-        [str(BIN / "apex"), "serve", "--model", str(model), "--port", str(port), "--threads", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    serve = start_serve(model, port)
     try:
-        ready = ""
-        deadline = time.monotonic() + 120
-        while "serving" not in ready and time.monotonic() < deadline:
-            line = serve.stdout.readline()
-            assert line or serve.poll() is None, "apex serve exited before it was ready"
-            ready = line if line.startswith("apex: serving") else ready
-        assert ready, "apex serve never said it was serving"
-
         gen = subprocess.run(
             [
                 str(BIN / "apexctl"),
@@ -128,28 +144,8 @@ def test_serve_fails_clearly_without_shared_memory(models, tmp_path):
 
 def test_apexctl_drain_stops_apex_serve_cleanly(models, tmp_path):
     port = free_port()
-    serve = subprocess.Popen(
-        [
-            str(BIN / "apex"),
-            "serve",
-            "--model",
-            str(models["tiny"]),
-            "--port",
-            str(port),
-            "--threads",
-            "1",
-            "--cpu-kv-gb",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    serve = start_serve(models["tiny"], port, "--cpu-kv-gb", "0")
     try:
-        line = ""
-        while not line.startswith("apex: serving"):
-            line = serve.stdout.readline()
-            assert line or serve.poll() is None, "apex serve exited before it was ready"
         env = dict(os.environ, APEX_ADDRESS=f"127.0.0.1:{port}")
         r = subprocess.run(
             [str(BIN / "apexctl"), "drain"], capture_output=True, text=True, timeout=30, env=env
