@@ -58,6 +58,9 @@ class RequestStream:
     sent_tokens: int = 0
 
 
+MAX_FAILED_STEPS = 3
+
+
 class QueueFull(Exception):
     pass
 
@@ -145,6 +148,7 @@ class Engine:
             await self.task
 
     async def run(self) -> None:
+        failures = 0  # consecutive failed steps
         while not self.stopping:
             plan = self.scheduler.schedule()
             if plan is None:
@@ -154,15 +158,39 @@ class Engine:
             t = time.monotonic()
             try:
                 reply = await self.executors.step(plan, timeout=self.step_timeout_s)
+                self.apply(plan, list(reply.next_tokens))
+                failures = 0
             except grpc.aio.AioRpcError as e:
+                failures += 1
+                if failures >= MAX_FAILED_STEPS:
+                    # The same plan keeps failing: a fault in the executor, not a crash
+                    # that a restart cures. End these requests instead of looping.
+                    self.fail_plan(
+                        plan,
+                        grpc.StatusCode.INTERNAL,
+                        f"the executor failed {failures} steps in a row: "
+                        f"{e.code().name}: {e.details()}",
+                    )
+                    failures = 0
+                    continue
                 await self.recover(e)
                 continue
-            self.apply(plan, list(reply.next_tokens))
+            except Exception:  # a bug of ours must not leave requests hanging
+                log.exception("engine iteration failed; ending the requests of this plan")
+                self.fail_plan(plan, grpc.StatusCode.INTERNAL, "internal error in the engine")
+                continue
             self.observer.on_step(
                 self.stats.last_strategy, time.monotonic() - t, len(reply.next_tokens)
             )
             await asyncio.sleep(0)  # let handlers stream and new requests arrive
         self.fail_all(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+
+    def fail_plan(self, plan: StepPlan, code: grpc.StatusCode, message: str) -> None:
+        for seq in plan.seqs:
+            rid = seq.request.request_id
+            if rid in self.streams:
+                self.scheduler.abort(rid)
+                self.streams.pop(rid).queue.put_nowait(EngineError(code, message))
 
     def apply(self, plan: StepPlan, tokens: list[int]) -> None:
         updated = self.scheduler.update(plan, tokens)
