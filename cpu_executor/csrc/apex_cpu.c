@@ -121,6 +121,15 @@ static void tile_rows(const float **rows, float *buf, const void *cache, int dty
     }
 }
 
+/* A prefetch GCC cannot delete (it drops loops of __builtin_prefetch as side-effect free). */
+static inline void prefetch_line(const char *p) {
+#if defined(__x86_64__)
+    __asm__ volatile("prefetcht0 %0" : : "m"(*p));
+#else
+    __builtin_prefetch(p, 0, 3);
+#endif
+}
+
 /* Vectors of VW floats (GCC vector extensions): 16 lanes where AVX-512 is enabled,
  * else 8 (AVX2 on x86; pairs of NEON registers on Arm). */
 #ifdef __AVX512F__
@@ -164,11 +173,23 @@ static inline vf exp_neg(vf x) {
  * tokens in vector lanes, one K load and HB broadcast FMAs per dimension. bs % VW == 0. */
 static inline __attribute__((always_inline)) void qk_tblock(const float *q, int HB, int d,
                                                               const float *kt, int bs, int off,
-                                                              int run, float (*s)[TILE], int i0) {
+                                                              int run, float (*s)[TILE], int i0,
+                                                              const char *pf0, const char *pf1,
+                                                              int64_t pf_bytes) {
+    /* Paced prefetch: while this block's scores are computed, the regions the next
+     * steps read (pf0, pf1: pf_bytes each) are asked for a slice per dimension, so the
+     * fills overlap the arithmetic instead of stalling it in one burst. */
+    const int64_t step = (pf_bytes + d - 1) / d;
     for (int v0 = off - off % VW; v0 < off + run; v0 += VW) {
         vf acc[4];
         for (int h = 0; h < HB; h++) acc[h] = (vf){0};
         for (int x = 0; x < d; x++) {
+            if (pf0 && v0 == off - off % VW) {
+                for (int64_t o = x * step; o < (x + 1) * step && o < pf_bytes; o += 64) {
+                    prefetch_line(pf0 + o);
+                    if (pf1) prefetch_line(pf1 + o);
+                }
+            }
             vf kv = ldv(kt + (size_t)x * bs + v0);
             for (int h = 0; h < HB; h++) acc[h] += q[(size_t)h * d + x] * kv;
         }
@@ -234,13 +255,21 @@ static void attend_range(const float *q, /* [G][d], pre-scaled */ int G, const v
             int run = n - i < bs - off ? n - i : bs - off;
             int64_t base = cache_offset(table[t / bs], j, 0, kvh, bs, d);
             const float *kt = (const float *)k_cache + base;
+            const int esz = elem_size(cache_dtype);
+            /* this block's V (read after the tile's scores) and the next block's K */
+            const char *pf_v = (const char *)v_cache + base * esz;
+            const char *pf_k = NULL;
+            if ((t / bs + 1) * bs < t1)
+                pf_k = (const char *)k_cache + cache_offset(table[t / bs + 1], j, 0, kvh, bs, d) * esz;
             if (cache_dtype != F32) {
                 widen(buf, (const char *)k_cache + base * elem_size(cache_dtype), cache_dtype,
                       bs * d);
                 kt = buf;
             }
             if (bs % VW == 0) {
-#define QK(g0, HB) qk_tblock(q + (size_t)(g0) * d, HB, d, kt, bs, off, run, s + (g0), i)
+#define QK(g0, HB)                                                                          \
+    qk_tblock(q + (size_t)(g0) * d, HB, d, kt, bs, off, run, s + (g0), i,                   \
+              (g0) == 0 ? pf_v : NULL, (g0) == 0 ? pf_k : NULL, (int64_t)bs * d * esz)
                 BY_HEAD_BLOCKS(G, QK);
 #undef QK
             } else {
