@@ -10,7 +10,7 @@
  * Element types: 0 = float32, 1 = float16, 2 = bfloat16.
  */
 #include <errno.h>
-#ifdef __F16C__
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 #include <limits.h>
@@ -101,22 +101,18 @@ void apex_append_kv(void *k_cache, void *v_cache, int cache_dtype, const void *k
     }
 }
 
-/* Pointers to the tile's rows (tokens t0..t0+n) of one KV head: in place for float32,
- * widened into buf for 16-bit storage. Rows of a block are contiguous (layout above). */
-static void tile_rows(const float **rows, float *buf, const void *cache, int dtype,
-                      const int32_t *table, int j, int kvh, int bs, int d, int t0, int n) {
+/* Pointers to the rows of tokens [t0, t0+n) of one KV head, in place, any storage dtype:
+ * rows of a block are contiguous (layout above). */
+static void tile_rows(const char **rows, const void *cache, int dtype, const int32_t *table,
+                      int j, int kvh, int bs, int d, int t0, int n) {
     const int esz = elem_size(dtype);
     for (int i = 0; i < n;) {
         int t = t0 + i;
         int in_block = bs - t % bs;
         int run = n - i < in_block ? n - i : in_block;
         int64_t off = cache_offset(table[t / bs], j, t % bs, kvh, bs, d);
-        if (dtype == F32) {
-            for (int r = 0; r < run; r++) rows[i + r] = (const float *)cache + off + (int64_t)r * d;
-        } else {
-            widen(buf + (size_t)i * d, (const char *)cache + off * esz, dtype, run * d);
-            for (int r = 0; r < run; r++) rows[i + r] = buf + (size_t)(i + r) * d;
-        }
+        for (int r = 0; r < run; r++)
+            rows[i + r] = (const char *)cache + (off + (int64_t)r * d) * esz;
         i += run;
     }
 }
@@ -148,6 +144,24 @@ static inline vf ldv(const float *p) {
 
 static inline void stv(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
+/* VW elements of the cache at p (any storage dtype) as floats, converted in registers. */
+static inline vf ldx(const char *p, int dtype) {
+    if (dtype == F32) return ldv((const float *)p);
+#if defined(__AVX512F__) && VW == 16
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    if (dtype == F16) return (vf)_mm512_cvtph_ps(h);
+    return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+#elif defined(__AVX2__) && defined(__F16C__) && VW == 8
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    if (dtype == F16) return (vf)_mm256_cvtph_ps(h);
+    return (vf)_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+#else
+    vf r;
+    for (int i = 0; i < VW; i++) r[i] = load(p, dtype, i);
+    return r;
+#endif
+}
+
 static inline float hsum(vf v) {
     float s = 0.f;
     for (int i = 0; i < VW; i++) s += v[i];
@@ -172,7 +186,8 @@ static inline vf exp_neg(vf x) {
 /* Scores of HB heads for tokens [off, off+run) of one block, K transposed ([d][bs]):
  * tokens in vector lanes, one K load and HB broadcast FMAs per dimension. bs % VW == 0. */
 static inline __attribute__((always_inline)) void qk_tblock(const float *q, int HB, int d,
-                                                              const float *kt, int bs, int off,
+                                                              const char *kt, int dtype, int bs,
+                                                              int off,
                                                               int run, float (*s)[TILE], int i0,
                                                               const char *pf0, const char *pf1,
                                                               int64_t pf_bytes) {
@@ -190,7 +205,7 @@ static inline __attribute__((always_inline)) void qk_tblock(const float *q, int 
                     if (pf1) prefetch_line(pf1 + o);
                 }
             }
-            vf kv = ldv(kt + (size_t)x * bs + v0);
+            vf kv = ldx(kt + ((size_t)x * bs + v0) * elem_size(dtype), dtype);
             for (int h = 0; h < HB; h++) acc[h] += q[(size_t)h * d + x] * kv;
         }
         int lo = v0 < off ? off : v0, hi = v0 + VW < off + run ? v0 + VW : off + run;
@@ -202,15 +217,16 @@ static inline __attribute__((always_inline)) void qk_tblock(const float *q, int 
 /* acc[h][x..x+NV*VW) += sum_i p[h][i] * v_i[..] for HB heads: NV*HB register
  * accumulators held across the whole tile; per token NV V loads and NV*HB FMAs. */
 static inline __attribute__((always_inline)) void pv_block(float *acc, int HB, int NV, int d,
-                                                             const float *const *v, int n,
-                                                             float (*p)[TILE]) {
+                                                             const char *const *v, int dtype,
+                                                             int n, float (*p)[TILE]) {
+    const int esz = elem_size(dtype);
     for (int x = 0; x < d; x += NV * VW) {
         vf a[4][2];
         for (int h = 0; h < HB; h++)
             for (int u = 0; u < NV; u++) a[h][u] = ldv(acc + (size_t)h * d + x + u * VW);
         for (int i = 0; i < n; i++) {
             vf vv[2];
-            for (int u = 0; u < NV; u++) vv[u] = ldv(v[i] + x + u * VW);
+            for (int u = 0; u < NV; u++) vv[u] = ldx(v[i] + (size_t)(x + u * VW) * esz, dtype);
             for (int h = 0; h < HB; h++) {
                 vf pb = (vf){0} + p[h][i]; /* broadcast */
                 for (int u = 0; u < NV; u++) a[h][u] += pb * vv[u];
@@ -235,13 +251,12 @@ static inline __attribute__((always_inline)) void pv_block(float *acc, int HB, i
  * Online softmax over tiles of TILE tokens; each tile's K rows, then V rows, are read
  * once for all G query heads (GQA), with register-blocked vector arithmetic (d % VW == 0).
  * Leaves the running max m, sum l and unnormalised acc for the caller to finish/merge.
- * buf: max(TILE, bs) * d floats of scratch for widening 16-bit blocks.
+ * 16-bit storage is converted in registers as it is loaded (no widening pass).
  */
 static void attend_range(const float *q, /* [G][d], pre-scaled */ int G, const void *k_cache,
                          const void *v_cache, int cache_dtype, const int32_t *table, int j,
-                         int kvh, int bs, int d, int t0, int t1, float *m, float *l, float *acc,
-                         float *buf) {
-    const float *rows[TILE];
+                         int kvh, int bs, int d, int t0, int t1, float *m, float *l, float *acc) {
+    const char *rows[TILE];
     float s[MAX_GROUP][TILE];
     for (int g = 0; g < G; g++) {
         m[g] = -INFINITY;
@@ -254,21 +269,16 @@ static void attend_range(const float *q, /* [G][d], pre-scaled */ int G, const v
             int t = start + i, off = t % bs;
             int run = n - i < bs - off ? n - i : bs - off;
             int64_t base = cache_offset(table[t / bs], j, 0, kvh, bs, d);
-            const float *kt = (const float *)k_cache + base;
             const int esz = elem_size(cache_dtype);
+            const char *kt = (const char *)k_cache + base * esz; /* [d][bs], any dtype */
             /* this block's V (read after the tile's scores) and the next block's K */
             const char *pf_v = (const char *)v_cache + base * esz;
             const char *pf_k = NULL;
             if ((t / bs + 1) * bs < t1)
                 pf_k = (const char *)k_cache + cache_offset(table[t / bs + 1], j, 0, kvh, bs, d) * esz;
-            if (cache_dtype != F32) {
-                widen(buf, (const char *)k_cache + base * elem_size(cache_dtype), cache_dtype,
-                      bs * d);
-                kt = buf;
-            }
             if (bs % VW == 0) {
 #define QK(g0, HB)                                                                          \
-    qk_tblock(q + (size_t)(g0) * d, HB, d, kt, bs, off, run, s + (g0), i,                   \
+    qk_tblock(q + (size_t)(g0) * d, HB, d, kt, cache_dtype, bs, off, run, s + (g0), i,      \
               (g0) == 0 ? pf_v : NULL, (g0) == 0 ? pf_k : NULL, (int64_t)bs * d * esz)
                 BY_HEAD_BLOCKS(G, QK);
 #undef QK
@@ -276,7 +286,8 @@ static void attend_range(const float *q, /* [G][d], pre-scaled */ int G, const v
                 for (int g = 0; g < G; g++)
                     for (int o = off; o < off + run; o++) {
                         float a = 0.f;
-                        for (int x = 0; x < d; x++) a += q[(size_t)g * d + x] * kt[(size_t)x * bs + o];
+                        for (int x = 0; x < d; x++)
+                            a += q[(size_t)g * d + x] * load(kt, cache_dtype, (int64_t)x * bs + o);
                         s[g][i + o - off] = a;
                     }
             }
@@ -304,13 +315,13 @@ static void attend_range(const float *q, /* [G][d], pre-scaled */ int G, const v
                 for (int x = 0; x < d; x++) ag[x] *= c;
             m[g] = mt;
         }
-        tile_rows(rows, buf, v_cache, cache_dtype, table, j, kvh, bs, d, start, n);
+        tile_rows(rows, v_cache, cache_dtype, table, j, kvh, bs, d, start, n);
         if (d % (2 * VW) == 0) {
-#define PV(g0, HB) pv_block(acc + (size_t)(g0) * d, HB, 2, d, rows, n, s + (g0))
+#define PV(g0, HB) pv_block(acc + (size_t)(g0) * d, HB, 2, d, rows, cache_dtype, n, s + (g0))
             BY_HEAD_BLOCKS(G, PV);
 #undef PV
         } else {
-#define PV(g0, HB) pv_block(acc + (size_t)(g0) * d, HB, 1, d, rows, n, s + (g0))
+#define PV(g0, HB) pv_block(acc + (size_t)(g0) * d, HB, 1, d, rows, cache_dtype, n, s + (g0))
             BY_HEAD_BLOCKS(G, PV);
 #undef PV
         }
@@ -359,15 +370,14 @@ int apex_paged_decode_attention(const void *q, int io_dtype, const void *k_cache
         /* per-thread scratch, allocated once per call */
         float *qbuf = (float *)malloc(sizeof(float) * (size_t)G * d);
         float *acc = (float *)malloc(sizeof(float) * (size_t)G * d);
-        float *buf = (float *)malloc(sizeof(float) * (size_t)(TILE > bs ? TILE : bs) * d);
         float m[MAX_GROUP], l[MAX_GROUP];
-        if (!qbuf || !acc || !buf) {
+        if (!qbuf || !acc) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < ntasks; task++) {
-            if (!qbuf || !acc || !buf) continue;
+            if (!qbuf || !acc) continue;
             int c = (int)(task % nchunks);
             int j = (int)((task / nchunks) % kvh);
             int r = (int)(task / ((int64_t)nchunks * kvh));
@@ -387,7 +397,7 @@ int apex_paged_decode_attention(const void *q, int io_dtype, const void *k_cache
             } else {
                 attend_range(qbuf, G, k_cache, v_cache, cache_dtype,
                              block_tables + (int64_t)r * max_blocks, j, kvh, bs, d, t0, t1, m, l,
-                             acc, buf);
+                             acc);
             }
             if (nchunks == 1) {
                 for (int g = 0; g < G; g++) {
@@ -407,7 +417,6 @@ int apex_paged_decode_attention(const void *q, int io_dtype, const void *k_cache
         }
         free(qbuf);
         free(acc);
-        free(buf);
     }
     if (failed) {
         free(part);
