@@ -123,6 +123,8 @@ def engine(model_dir: Path, prompts, outputs, threads: int) -> dict:
         "ttft_p50_s": pct(ttft, 50),
         "ttft_p99_s": pct(ttft, 99),
         "iterations": status.iterations - 1,
+        "predictor_mape": status.predictor_mape,
+        "predictor_samples": status.predictor_samples,
         "outputs": [list(r.token_ids) for r in res],
     }
 

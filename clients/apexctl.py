@@ -108,6 +108,10 @@ def print_status(st) -> None:
         f"{st.swap_ins} to GPU; {st.num_swapped} parked"
     )
     print(f"recoveries   {st.executor_recoveries}")
+    print(
+        f"predictor    {100 * st.predictor_mape:.1f}% mean abs. error on step time "
+        f"({st.predictor_samples} iterations measured)"
+    )
     print(f"uptime       {st.uptime_s:.0f} s")
 
 

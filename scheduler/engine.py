@@ -18,6 +18,7 @@ import grpc
 from scheduler.core import Scheduler, StepPlan
 from scheduler.executors import Executors
 from scheduler.metrics import EngineObserver
+from scheduler.predictor import StepTimePredictor
 from scheduler.request import FinishReason, Request
 from scheduler.tokenizer import IncrementalDetokenizer, TextTokenizer
 
@@ -103,6 +104,7 @@ class Engine:
         self.scheduler = scheduler
         self.executors = executors
         self.observer = observer or EngineObserver()
+        self.predictor = StepTimePredictor()
         self.draining = False
         self.tokenizer = tokenizer
         self.streams: dict[str, RequestStream] = {}
@@ -155,9 +157,12 @@ class Engine:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
+            predicted = self.predictor.predict(plan)
             t = time.monotonic()
             try:
                 reply = await self.executors.step(plan, timeout=self.step_timeout_s)
+                measured = time.monotonic() - t
+                self.predictor.observe(plan, measured, predicted)
                 self.apply(plan, list(reply.next_tokens))
                 failures = 0
             except grpc.aio.AioRpcError as e:
@@ -180,7 +185,7 @@ class Engine:
                 self.fail_plan(plan, grpc.StatusCode.INTERNAL, "internal error in the engine")
                 continue
             self.observer.on_step(
-                self.stats.last_strategy, time.monotonic() - t, len(reply.next_tokens)
+                self.stats.last_strategy, measured, len(reply.next_tokens), predicted
             )
             await asyncio.sleep(0)  # let handlers stream and new requests arrive
         self.fail_all(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")

@@ -15,7 +15,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 class EngineObserver:
     """What the engine reports as it goes; the default reports to nobody."""
 
-    def on_step(self, strategy: str, seconds: float, tokens: int) -> None: ...
+    def on_step(
+        self, strategy: str, seconds: float, tokens: int, predicted_s: float | None
+    ) -> None: ...
 
     def on_finish(self, reason: str, ttft_s: float, total_s: float, tokens: int) -> None: ...
 
@@ -54,6 +56,12 @@ class Metrics(EngineObserver):
         self.rejected = Counter(
             "apex_requests_rejected", "Requests refused at intake", ["reason"], registry=r
         )
+        self.predictor_error = Histogram(
+            "apex_predictor_relative_error",
+            "|predicted - measured| / measured, per iteration",
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+            registry=r,
+        )
 
     def watch(self, engine) -> None:
         self.registry.register(EngineCollector(engine))
@@ -61,8 +69,12 @@ class Metrics(EngineObserver):
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
 
-    def on_step(self, strategy: str, seconds: float, tokens: int) -> None:
+    def on_step(
+        self, strategy: str, seconds: float, tokens: int, predicted_s: float | None
+    ) -> None:
         self.step.labels(strategy).observe(seconds)
+        if predicted_s is not None and seconds > 0:
+            self.predictor_error.observe(abs(predicted_s - seconds) / seconds)
 
     def on_finish(self, reason: str, ttft_s: float, total_s: float, tokens: int) -> None:
         self.finished.labels(reason).inc()
@@ -116,6 +128,11 @@ class EngineCollector:
         for strategy, n in sorted(e.stats.by_strategy.items()):
             it.add_metric([strategy], n)
         yield it
+        yield GaugeMetricFamily(
+            "apex_predictor_mape",
+            "Step-time predictor: mean absolute % error, recent window",
+            value=e.predictor.mape(),
+        )
         yield CounterMetricFamily(
             "apex_executor_recoveries",
             "Times the executors were lost and the running requests recomputed",

@@ -152,6 +152,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             num_swapped=len(s.swapped),
             draining=e.draining,
             executor_recoveries=st.recoveries,
+            predictor_mape=e.predictor.mape(),
+            predictor_samples=e.predictor.observed,
         )
 
     async def ListRequests(self, request, context):

@@ -128,8 +128,12 @@ def test_metrics_follow_the_work(secured):
         "apex_tokens_per_second",
         "apex_iteration_seconds_bucket",
         "apex_draining",
+        "apex_predictor_mape",
+        "apex_predictor_relative_error_bucket",
     ):
         assert name in after
+    with ApexClient(secured.address, timeout=30, token="admin-secret") as c:
+        assert c.status().predictor_samples >= 15
 
 
 def test_tls(models, tmp_path):

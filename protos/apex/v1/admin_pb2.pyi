@@ -69,7 +69,7 @@ class TierUsage(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., blocks_total: _Optional[int] = ..., blocks_used: _Optional[int] = ..., block_size: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("model", "num_waiting", "num_running", "tiers", "iterations", "generated_tokens", "preemptions", "tokens_per_s", "uptime_s", "strategy", "finished_requests", "rejected_requests", "max_queue", "placement", "swap_outs", "swap_ins", "num_swapped", "draining", "executor_recoveries")
+    __slots__ = ("model", "num_waiting", "num_running", "tiers", "iterations", "generated_tokens", "preemptions", "tokens_per_s", "uptime_s", "strategy", "finished_requests", "rejected_requests", "max_queue", "placement", "swap_outs", "swap_ins", "num_swapped", "draining", "executor_recoveries", "predictor_mape", "predictor_samples")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,8 @@ class StatusResponse(_message.Message):
     NUM_SWAPPED_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     EXECUTOR_RECOVERIES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTOR_MAPE_FIELD_NUMBER: _ClassVar[int]
+    PREDICTOR_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_waiting: int
     num_running: int
@@ -108,7 +110,9 @@ class StatusResponse(_message.Message):
     num_swapped: int
     draining: bool
     executor_recoveries: int
-    def __init__(self, model: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ..., iterations: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., preemptions: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., strategy: _Optional[str] = ..., finished_requests: _Optional[int] = ..., rejected_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., placement: _Optional[str] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., num_swapped: _Optional[int] = ..., draining: _Optional[bool] = ..., executor_recoveries: _Optional[int] = ...) -> None: ...
+    predictor_mape: float
+    predictor_samples: int
+    def __init__(self, model: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ..., iterations: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., preemptions: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., strategy: _Optional[str] = ..., finished_requests: _Optional[int] = ..., rejected_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., placement: _Optional[str] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., num_swapped: _Optional[int] = ..., draining: _Optional[bool] = ..., executor_recoveries: _Optional[int] = ..., predictor_mape: _Optional[float] = ..., predictor_samples: _Optional[int] = ...) -> None: ...
 
 class ListRequestsRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,87 @@
+"""Step-time predictor: what the next iteration will cost, and how wrong that was.
+
+A linear model of the iteration's wall time over the work in the plan (prefill tokens
+and their quadratic attention, GPU decode rows and the context they attend to, CPU rows
+and theirs), refit by least squares over a sliding window of measured iterations, so it
+recalibrates online as load and machine change. Every prediction is kept beside its
+measurement; the recent mean absolute percentage error is what the admin API and the
+metrics report. Profiles (issue 4) can seed it; the error bookkeeping stays the same.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from scheduler.core import StepPlan
+from scheduler.request import Tier
+
+FEATURES = (
+    "fixed",
+    "prefill_tokens",
+    "prefill_attention",
+    "gpu_rows",
+    "gpu_context",
+    "cpu_rows",
+    "cpu_context",
+)
+
+
+def features(plan: StepPlan) -> np.ndarray:
+    x = np.zeros(len(FEATURES))
+    x[0] = 1.0
+    for s in plan.seqs:
+        n = len(s.token_ids)
+        ctx = s.start_pos + n
+        if n > 1:
+            x[1] += n
+            x[2] += n * ctx / 1e3  # attention work of a prefill grows with n x context
+        elif s.tier is Tier.CPU:
+            x[5] += 1
+            x[6] += ctx / 1e3
+        else:
+            x[3] += 1
+            x[4] += ctx / 1e3
+    return x
+
+
+class StepTimePredictor:
+    def __init__(
+        self,
+        window: int = 512,
+        min_samples: int = 32,
+        refit_every: int = 16,
+        error_window: int = 200,
+    ) -> None:
+        self.samples: deque[tuple[np.ndarray, float]] = deque(maxlen=window)
+        self.errors: deque[float] = deque(maxlen=error_window)
+        self.min_samples = min_samples
+        self.refit_every = refit_every
+        self.coef: np.ndarray | None = None
+        self.observed = 0
+
+    def predict(self, plan: StepPlan) -> float | None:
+        """Predicted seconds for the plan; None until enough iterations were measured."""
+        if self.coef is None:
+            return None
+        return max(float(features(plan) @ self.coef), 0.0)
+
+    def observe(self, plan: StepPlan, measured_s: float, predicted_s: float | None) -> None:
+        if predicted_s is not None and measured_s > 0:
+            self.errors.append(abs(predicted_s - measured_s) / measured_s)
+        self.samples.append((features(plan), measured_s))
+        self.observed += 1
+        if len(self.samples) >= self.min_samples and self.observed % self.refit_every == 0:
+            self.refit()
+
+    def refit(self) -> None:
+        x = np.stack([s[0] for s in self.samples])
+        y = np.array([s[1] for s in self.samples])
+        # A little ridge keeps features that never varied (no CPU rows yet) at zero.
+        lam = 1e-6 * len(y)
+        self.coef = np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ y)
+
+    def mape(self) -> float:
+        """Mean absolute percentage error over the recent window (NaN before any)."""
+        return float(np.mean(self.errors)) if self.errors else float("nan")
