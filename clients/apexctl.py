@@ -148,6 +148,61 @@ def cmd_health(client: ApexClient, args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Runs locally: the scheduler on a virtual clock over a profile (no daemon)."""
+    from dataclasses import asdict
+
+    from scheduler.profile import Profile
+    from scheduler.simulator import POLICIES, WORKLOADS, simulate
+
+    try:
+        profile = Profile.load(args.profile)
+    except (OSError, KeyError, ValueError) as e:
+        sys.exit(f"apexctl simulate: cannot load profile {args.profile!r}: {e}")
+    if args.workload not in WORKLOADS:
+        sys.exit(f"apexctl simulate: workload must be one of {sorted(WORKLOADS)}")
+    policies = args.policies.split(",")
+    if set(policies) - set(POLICIES):
+        sys.exit(f"apexctl simulate: policies must be among {POLICIES}")
+    results = [
+        simulate(
+            profile, WORKLOADS[args.workload], pol, n=args.requests, rate=args.rate, seed=args.seed
+        )
+        for pol in policies
+    ]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "simulation": True,
+                    "profile": profile.name,
+                    "device": profile.device,
+                    "workload": args.workload,
+                    "requests": args.requests,
+                    "rate": args.rate,
+                    "results": [asdict(r) for r in results],
+                }
+            )
+        )
+        return 0
+    print(
+        f"SIMULATION on {profile.device}: {profile.model}; workload {args.workload}, "
+        f"{args.requests} requests at {args.rate}/s"
+    )
+    print(
+        f"{'policy':10} {'tok/s':>8} {'ratio':>6} {'TTFT p50/p99 s':>16} "
+        f"{'TPOT p50/p99 ms':>17} {'batch':>6} {'preempt':>8} {'migr':>5}"
+    )
+    base = results[0].throughput
+    for r in results:
+        print(
+            f"{r.policy:10} {r.throughput:8.1f} {r.throughput / base:6.2f} "
+            f"{r.ttft_p50:7.1f}/{r.ttft_p99:<8.1f} {r.tpot_p50 * 1e3:7.1f}/{r.tpot_p99 * 1e3:<9.1f}"
+            f"{r.mean_batch:6.1f} {r.preemptions:8} {r.migrations:5}"
+        )
+    return 0
+
+
 def cmd_drain(client: ApexClient, args: argparse.Namespace) -> int:
     n = client.drain()
     print(
@@ -200,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("request_id")
     sub.add_parser("drain", help="finish what is in flight, take nothing new, then stop")
     sub.add_parser("health", help="exit 0 when the daemon answers gRPC health as serving")
+    sim = sub.add_parser("simulate", help="compare policies on a profile (no daemon; simulation)")
+    sim.add_argument(
+        "--profile",
+        default="t4-llama2-7b",
+        help="a shipped profile (t4-llama2-7b, a10-llama3.1-8b) or a JSON path",
+    )
+    sim.add_argument("--workload", default="chat", help="chat, cot or neo")
+    sim.add_argument("--policies", default="gpu-only,overlap")
+    sim.add_argument("--requests", type=int, default=200)
+    sim.add_argument("--rate", type=float, default=8.0, help="Poisson arrivals per second")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--json", action="store_true")
     mg = sub.add_parser("migrate", help="move a request's KV to the gpu or cpu tier")
     mg.add_argument("request_id")
     mg.add_argument("tier", choices=["gpu", "cpu"])
@@ -243,6 +310,8 @@ def settings(args: argparse.Namespace) -> dict[str, str | None]:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "simulate":
+        sys.exit(cmd_simulate(args))
     conf = settings(args)
     address = conf["address"]
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from scheduler.block_manager import BlockAllocator
@@ -53,8 +54,14 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, eos_token_ids: frozenset[int]) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        eos_token_ids: frozenset[int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
+        self.clock = clock  # the simulator steps a virtual one
         self.eos_token_ids = eos_token_ids
         self.gpu = BlockAllocator(config.num_gpu_blocks, "gpu")
         self.cpu = BlockAllocator(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
@@ -264,7 +271,7 @@ class Scheduler:
     # -- results --------------------------------------------------------------------
     def update(self, plan: StepPlan, tokens: list[int]) -> list[Request]:
         """Append each sampled token; returns the requests that got one (aborted ones skipped)."""
-        now = time.monotonic()
+        now = self.clock()
         updated: list[Request] = []
         for seq, tok in zip(plan.seqs, tokens, strict=True):
             req = seq.request
@@ -302,7 +309,7 @@ class Scheduler:
         req.status = Status.FINISHED
         req.finish_reason = reason
         req.matched_stop = matched
-        req.finish_time = time.monotonic()
+        req.finish_time = self.clock()
         del self.requests[req.request_id]
 
     def abort(self, request_id: str) -> Request | None:

@@ -1,0 +1,106 @@
+"""Hardware profiles: the time of every subtask of an iteration, for one model on one
+machine, and the step-time model built on them.
+
+A profile is JSON keyed by model shape, dtype and device. Those shipped in
+`scheduler/profiles/` for GPUs we do not have (T4, A10) are derived from published
+specifications, each figure with its source inside the file; measured profiles (issue 4's
+`apexctl profile`) use the same fields. Per decoder layer, for a batch of T tokens of
+which G rows attend on the GPU and C rows on the CPU:
+
+    linear(T)   = max(layer weight bytes / GPU bandwidth, 2 x layer params x T / GPU FLOP/s)
+    gatt(G)     = GPU KV bytes read by the G rows / GPU bandwidth
+    catt(C)     = CPU KV bytes read by the C rows / CPU attention rate + data-plane round trip
+    transfer(C) = C x (q, k, v out + attention back) bytes / PCIe bandwidth
+
+    gpu-only      layer = linear(T) + gatt(G)
+    async overlap layer = linear(T) + max(gatt(G), catt(C) + transfer(C))
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler.core import StepPlan
+from scheduler.request import Tier
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    device: str
+    model: str
+    num_layers: int
+    layer_weight_bytes: float  # per decoder layer
+    layer_params: float
+    head_weight_bytes: float  # LM head (+ embedding gather), once per iteration
+    kv_bytes_per_token_layer: float  # K and V of one token in one layer
+    row_transfer_bytes_layer: float  # q, k, v out and the attention row back, per layer
+    gpu_bandwidth: float  # bytes/s, effective
+    gpu_flops: float  # FLOP/s, effective
+    cpu_attention_rate: float  # bytes/s of KV that CPU attention reads, effective
+    pcie_bandwidth: float  # bytes/s, effective
+    layer_overhead_s: float  # kernel launches and the like, per layer
+    iteration_overhead_s: float  # scheduling, RPC, sampling, per iteration
+    dataplane_round_trip_s: float  # per layer, when CPU rows exist
+    gpu_kv_capacity_tokens: int
+    cpu_kv_capacity_tokens: int
+
+    @classmethod
+    def load(cls, path: str | Path) -> Profile:
+        p = Path(path)
+        if not p.is_file():
+            p = PROFILE_DIR / f"{path}.json"
+        data = json.loads(p.read_text())
+        fields = {k: v["value"] if isinstance(v, dict) else v for k, v in data["figures"].items()}
+        return cls(name=data["name"], device=data["device"], model=data["model"], **fields)
+
+    def linear_s(self, tokens: int) -> float:
+        memory = self.layer_weight_bytes / self.gpu_bandwidth
+        compute = 2 * self.layer_params * tokens / self.gpu_flops
+        return max(memory, compute) + self.layer_overhead_s
+
+    def gatt_s(self, context_tokens: float) -> float:
+        return context_tokens * self.kv_bytes_per_token_layer / self.gpu_bandwidth
+
+    def catt_s(self, rows: int, context_tokens: float) -> float:
+        if rows == 0:
+            return 0.0
+        read = context_tokens * self.kv_bytes_per_token_layer / self.cpu_attention_rate
+        move = rows * self.row_transfer_bytes_layer / self.pcie_bandwidth
+        return read + move + self.dataplane_round_trip_s
+
+
+@dataclass(frozen=True)
+class PlanWork:
+    tokens: int  # tokens through the linear layers
+    gpu_context: float  # context tokens attended on the GPU (prefills: n x context / 2)
+    cpu_rows: int
+    cpu_context: float
+
+
+def plan_work(plan: StepPlan) -> PlanWork:
+    tokens, gctx, crows, cctx = 0, 0.0, 0, 0.0
+    for s in plan.seqs:
+        n = len(s.token_ids)
+        ctx = s.start_pos + n
+        tokens += n
+        if s.tier is Tier.CPU:
+            crows += 1
+            cctx += ctx
+        else:
+            gctx += ctx if n == 1 else n * (s.start_pos + ctx) / 2
+    return PlanWork(tokens, gctx, crows, cctx)
+
+
+def step_time(profile: Profile, plan: StepPlan) -> float:
+    """Predicted iteration time: asynchronous overlap when CPU rows exist, else gpu-only."""
+    w = plan_work(plan)
+    gpu_att = profile.gatt_s(w.gpu_context)
+    cpu_att = profile.catt_s(w.cpu_rows, w.cpu_context)
+    layer = profile.linear_s(w.tokens) + max(gpu_att, cpu_att)
+    head = profile.head_weight_bytes / profile.gpu_bandwidth
+    return profile.num_layers * layer + head + profile.iteration_overhead_s

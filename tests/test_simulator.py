@@ -1,0 +1,83 @@
+"""The simulator: the real scheduler on a virtual clock over a spec-derived profile."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scheduler.profile import Profile, step_time
+from scheduler.simulator import WORKLOADS, requests, simulate
+
+BIN = Path(sys.executable).parent
+
+
+def test_profiles_load_with_a_source_for_every_figure():
+    for name in ("t4-llama2-7b", "a10-llama3.1-8b"):
+        data = json.loads((Path("scheduler/profiles") / f"{name}.json").read_text())
+        assert all(f["source"] for f in data["figures"].values())
+        p = Profile.load(name)
+        # decode at batch 1 is bound by reading the weights once
+        floor = p.num_layers * p.layer_weight_bytes / p.gpu_bandwidth
+        assert floor < p.num_layers * p.linear_s(1) < 1.2 * floor
+
+
+def test_workloads_respect_their_ranges_and_the_context():
+    reqs = requests(WORKLOADS["neo"], 500, 5.0, 2048, seed=1)
+    assert all(900 <= p <= 1100 and 45 <= o <= 440 for _, p, o, _ in reqs)
+    assert all(b[0] > a[0] for a, b in itertools.pairwise(reqs))  # arrivals in order
+    short = requests(WORKLOADS["cot"], 100, 5.0, 512, seed=1)
+    assert all(p + o <= 512 for _, p, o, _ in short)
+
+
+@pytest.mark.parametrize("policy", ["gpu-only", "overlap"])
+def test_every_request_finishes_with_its_tokens(policy):
+    profile = Profile.load("t4-llama2-7b")
+    r = simulate(profile, WORKLOADS["chat"], policy, n=40, rate=4.0, seed=3)
+    assert r.iterations > 0 and r.throughput > 0
+    assert (r.migrations == 0) == (policy == "gpu-only")
+    assert r.ttft_p50 <= r.ttft_p99 and r.tpot_p50 <= r.tpot_p99
+    assert r.decision_ms_p99 < 5
+
+
+def test_overlap_costs_the_slower_of_gpu_and_cpu_attention():
+    from scheduler.core import SeqPlan, StepPlan
+    from scheduler.request import Request, SamplingConfig, Tier
+
+    p = Profile.load("t4-llama2-7b")
+    req = Request("a", [1], SamplingConfig())
+    gpu = SeqPlan(req, [1], 999, Tier.GPU, [])
+    cpu = SeqPlan(req, [1], 999, Tier.CPU, [])
+    only_gpu = step_time(p, StepPlan(1, [gpu], []))
+    both = step_time(p, StepPlan(1, [gpu, cpu], []))
+    per_layer = max(p.gatt_s(1000), p.catt_s(1, 1000)) - p.gatt_s(1000)
+    assert both == pytest.approx(only_gpu + p.num_layers * per_layer, rel=1e-9)
+
+
+def test_apexctl_simulate_json():
+    r = subprocess.run(
+        [
+            str(BIN / "apexctl"),
+            "simulate",
+            "--profile",
+            "a10-llama3.1-8b",
+            "--workload",
+            "neo",
+            "--requests",
+            "30",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["simulation"] is True and [x["policy"] for x in out["results"]] == [
+        "gpu-only",
+        "overlap",
+    ]
