@@ -247,83 +247,95 @@ static inline __attribute__((always_inline)) void pv_block(float *acc, int HB, i
     } while (0)
 
 /*
- * One task: query heads [j*G, (j+1)*G) of row r against tokens [t0, t1) of KV head j.
- * Online softmax over tiles of TILE tokens; each tile's K rows, then V rows, are read
- * once for all G query heads (GQA), with register-blocked vector arithmetic (d % VW == 0).
- * Leaves the running max m, sum l and unnormalised acc for the caller to finish/merge.
- * 16-bit storage is converted in registers as it is loaded (no widening pass).
+ * One task: all H = J x G query heads of one row against tokens [t0, t1) of its KV.
+ * Online softmax over tiles of TILE tokens. Within a tile, block by block, every KV
+ * head's part of the block is read in turn, so K (then V) is streamed as each block's
+ * one contiguous region; each K row serves the G query heads of its KV head (GQA).
+ * Arithmetic is register-blocked vector FMAs (d % VW == 0); 16-bit storage is
+ * converted in registers as it is loaded. Leaves per head the running max m, sum l and
+ * unnormalised acc for the caller to finish or merge. s: H x TILE floats of scratch.
  */
-static void attend_range(const float *q, /* [G][d], pre-scaled */ int G, const void *k_cache,
-                         const void *v_cache, int cache_dtype, const int32_t *table, int j,
-                         int kvh, int bs, int d, int t0, int t1, float *m, float *l, float *acc) {
+static void attend_heads(const float *q, /* [H][d], pre-scaled */ int G, int J,
+                         const void *k_cache, const void *v_cache, int cache_dtype,
+                         const int32_t *table, int bs, int d, int t0, int t1, float *m, float *l,
+                         float *acc, float (*s)[TILE]) {
+    const int H = J * G, kvh = J, esz = elem_size(cache_dtype);
     const char *rows[TILE];
-    float s[MAX_GROUP][TILE];
-    for (int g = 0; g < G; g++) {
-        m[g] = -INFINITY;
-        l[g] = 0.f;
-        memset(acc + (size_t)g * d, 0, sizeof(float) * d);
+    for (int h = 0; h < H; h++) {
+        m[h] = -INFINITY;
+        l[h] = 0.f;
+        memset(acc + (size_t)h * d, 0, sizeof(float) * d);
     }
     for (int start = t0; start < t1; start += TILE) {
         int n = t1 - start < TILE ? t1 - start : TILE;
-        for (int i = 0; i < n;) { /* scores, one block run at a time */
+        for (int i = 0; i < n;) { /* scores, one block run at a time, every head */
             int t = start + i, off = t % bs;
             int run = n - i < bs - off ? n - i : bs - off;
-            int64_t base = cache_offset(table[t / bs], j, 0, kvh, bs, d);
-            const int esz = elem_size(cache_dtype);
-            const char *kt = (const char *)k_cache + base * esz; /* [d][bs], any dtype */
-            /* this block's V (read after the tile's scores) and the next block's K */
-            const char *pf_v = (const char *)v_cache + base * esz;
-            const char *pf_k = NULL;
-            if ((t / bs + 1) * bs < t1)
-                pf_k = (const char *)k_cache + cache_offset(table[t / bs + 1], j, 0, kvh, bs, d) * esz;
-            if (bs % VW == 0) {
+            int has_next = (t / bs + 1) * bs < t1;
+            for (int j = 0; j < J; j++) {
+                int64_t base = cache_offset(table[t / bs], j, 0, kvh, bs, d);
+                const char *kt = (const char *)k_cache + base * esz; /* [d][bs] */
+                /* this block's V of head j (read after the scores) and the next block's K */
+                const char *pf_v = (const char *)v_cache + base * esz;
+                const char *pf_k = has_next ? (const char *)k_cache +
+                    cache_offset(table[t / bs + 1], j, 0, kvh, bs, d) * esz : NULL;
+                const float *qj = q + (size_t)j * G * d;
+                float(*sj)[TILE] = s + (size_t)j * G;
+                if (bs % VW == 0) {
 #define QK(g0, HB)                                                                          \
-    qk_tblock(q + (size_t)(g0) * d, HB, d, kt, cache_dtype, bs, off, run, s + (g0), i,      \
+    qk_tblock(qj + (size_t)(g0) * d, HB, d, kt, cache_dtype, bs, off, run, sj + (g0), i,     \
               (g0) == 0 ? pf_v : NULL, (g0) == 0 ? pf_k : NULL, (int64_t)bs * d * esz)
-                BY_HEAD_BLOCKS(G, QK);
+                    BY_HEAD_BLOCKS(G, QK);
 #undef QK
-            } else {
-                for (int g = 0; g < G; g++)
-                    for (int o = off; o < off + run; o++) {
-                        float a = 0.f;
-                        for (int x = 0; x < d; x++)
-                            a += q[(size_t)g * d + x] * load(kt, cache_dtype, (int64_t)x * bs + o);
-                        s[g][i + o - off] = a;
-                    }
+                } else {
+                    for (int g = 0; g < G; g++)
+                        for (int o = off; o < off + run; o++) {
+                            float a = 0.f;
+                            for (int x = 0; x < d; x++)
+                                a += qj[(size_t)g * d + x] *
+                                     load(kt, cache_dtype, (int64_t)x * bs + o);
+                            sj[g][i + o - off] = a;
+                        }
+                }
             }
             i += run;
         }
-        for (int g = 0; g < G; g++) {
-            float mt = m[g];
-            for (int i = 0; i < n; i++) mt = s[g][i] > mt ? s[g][i] : mt;
-            float c = expf(m[g] - mt);
-            float *sg = s[g];
+        for (int h = 0; h < H; h++) {
+            float mt = m[h];
+            for (int i = 0; i < n; i++) mt = s[h][i] > mt ? s[h][i] : mt;
+            float c = expf(m[h] - mt);
+            float *sh = s[h];
             float sum = 0.f;
             int i = 0;
             for (; i + VW <= n; i += VW) {
-                vf e = exp_neg(ldv(sg + i) - mt);
-                stv(sg + i, e);
+                vf e = exp_neg(ldv(sh + i) - mt);
+                stv(sh + i, e);
                 sum += hsum(e);
             }
             for (; i < n; i++) {
-                sg[i] = expf(sg[i] - mt);
-                sum += sg[i];
+                sh[i] = expf(sh[i] - mt);
+                sum += sh[i];
             }
-            l[g] = l[g] * c + sum;
-            float *ag = acc + (size_t)g * d;
+            l[h] = l[h] * c + sum;
+            float *ah = acc + (size_t)h * d;
             if (c != 1.f)
-                for (int x = 0; x < d; x++) ag[x] *= c;
-            m[g] = mt;
+                for (int x = 0; x < d; x++) ah[x] *= c;
+            m[h] = mt;
         }
-        tile_rows(rows, v_cache, cache_dtype, table, j, kvh, bs, d, start, n);
-        if (d % (2 * VW) == 0) {
-#define PV(g0, HB) pv_block(acc + (size_t)(g0) * d, HB, 2, d, rows, cache_dtype, n, s + (g0))
-            BY_HEAD_BLOCKS(G, PV);
+        for (int j = 0; j < J; j++) { /* values: per head over the whole tile, so the
+                                           accumulators stay in registers for TILE rows */
+            tile_rows(rows, v_cache, cache_dtype, table, j, kvh, bs, d, start, n);
+            float *aj = acc + (size_t)j * G * d;
+            float(*sj)[TILE] = s + (size_t)j * G;
+            if (d % (2 * VW) == 0) {
+#define PV(g0, HB) pv_block(aj + (size_t)(g0) * d, HB, 2, d, rows, cache_dtype, n, sj + (g0))
+                BY_HEAD_BLOCKS(G, PV);
 #undef PV
-        } else {
-#define PV(g0, HB) pv_block(acc + (size_t)(g0) * d, HB, 1, d, rows, cache_dtype, n, s + (g0))
-            BY_HEAD_BLOCKS(G, PV);
+            } else {
+#define PV(g0, HB) pv_block(aj + (size_t)(g0) * d, HB, 1, d, rows, cache_dtype, n, sj + (g0))
+                BY_HEAD_BLOCKS(G, PV);
 #undef PV
+            }
         }
     }
 }
@@ -350,14 +362,14 @@ int apex_paged_decode_attention(const void *q, int io_dtype, const void *k_cache
     }
     if (chunk_tokens <= 0) {
         int want = 2 * num_threads; /* tasks wanted */
-        int splits = (want + R * kvh - 1) / (R * kvh);
+        int splits = (want + R - 1) / R;
         chunk_tokens = (max_ctx + splits - 1) / splits;
         if (chunk_tokens < 256) chunk_tokens = 256;
     }
     const int nchunks = (max_ctx + chunk_tokens - 1) / chunk_tokens;
-    const int64_t ntasks = (int64_t)R * kvh * nchunks;
-    /* partial results: per task, G x (m, l, acc[d]) */
-    const size_t per_task = (size_t)G * (d + 2);
+    const int64_t ntasks = (int64_t)R * nchunks;
+    /* partial results: per task (row, chunk), H x (m, l, acc[d]) */
+    const size_t per_task = (size_t)H * (d + 2);
     float *part = NULL;
     if (nchunks > 1) {
         part = (float *)malloc(sizeof(float) * per_task * ntasks);
@@ -368,55 +380,57 @@ int apex_paged_decode_attention(const void *q, int io_dtype, const void *k_cache
 #pragma omp parallel num_threads(num_threads)
     {
         /* per-thread scratch, allocated once per call */
-        float *qbuf = (float *)malloc(sizeof(float) * (size_t)G * d);
-        float *acc = (float *)malloc(sizeof(float) * (size_t)G * d);
-        float m[MAX_GROUP], l[MAX_GROUP];
-        if (!qbuf || !acc) {
+        float *qbuf = (float *)malloc(sizeof(float) * (size_t)H * d);
+        float *acc = (float *)malloc(sizeof(float) * (size_t)H * d);
+        float *ml = (float *)malloc(sizeof(float) * 2 * (size_t)H);
+        float(*sbuf)[TILE] = (float(*)[TILE])malloc(sizeof(float) * (size_t)H * TILE);
+        int ok = qbuf && acc && ml && sbuf;
+        if (!ok) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic, 1)
         for (int64_t task = 0; task < ntasks; task++) {
-            if (!qbuf || !acc) continue;
+            if (!ok) continue;
+            float *m = ml, *l = ml + H;
             int c = (int)(task % nchunks);
-            int j = (int)((task / nchunks) % kvh);
-            int r = (int)(task / ((int64_t)nchunks * kvh));
+            int r = (int)(task / nchunks);
             int ctx = context_lens[r];
             int t0 = c * chunk_tokens;
             int t1 = t0 + chunk_tokens < ctx ? t0 + chunk_tokens : ctx;
-            for (int g = 0; g < G; g++)
+            for (int h = 0; h < H; h++)
                 for (int x = 0; x < d; x++)
-                    qbuf[g * d + x] =
-                        scale * load(q, io_dtype, ((int64_t)r * H + j * G + g) * d + x);
+                    qbuf[h * d + x] = scale * load(q, io_dtype, ((int64_t)r * H + h) * d + x);
             if (t0 >= t1) { /* this row is shorter than the chunk: an empty partial */
-                for (int g = 0; g < G; g++) {
-                    m[g] = -INFINITY;
-                    l[g] = 0.f;
-                    memset(acc + (size_t)g * d, 0, sizeof(float) * d);
+                for (int h = 0; h < H; h++) {
+                    m[h] = -INFINITY;
+                    l[h] = 0.f;
+                    memset(acc + (size_t)h * d, 0, sizeof(float) * d);
                 }
             } else {
-                attend_range(qbuf, G, k_cache, v_cache, cache_dtype,
-                             block_tables + (int64_t)r * max_blocks, j, kvh, bs, d, t0, t1, m, l,
-                             acc);
+                attend_heads(qbuf, G, kvh, k_cache, v_cache, cache_dtype,
+                             block_tables + (int64_t)r * max_blocks, bs, d, t0, t1, m, l, acc,
+                             sbuf);
             }
             if (nchunks == 1) {
-                for (int g = 0; g < G; g++) {
-                    float inv = 1.f / l[g];
+                for (int h = 0; h < H; h++) {
+                    float inv = 1.f / l[h];
                     for (int x = 0; x < d; x++)
-                        store(out, io_dtype, ((int64_t)r * H + j * G + g) * d + x,
-                              acc[g * d + x] * inv);
+                        store(out, io_dtype, ((int64_t)r * H + h) * d + x, acc[h * d + x] * inv);
                 }
             } else {
                 float *p = part + per_task * task;
-                for (int g = 0; g < G; g++) {
-                    p[g * (d + 2)] = m[g];
-                    p[g * (d + 2) + 1] = l[g];
-                    memcpy(p + g * (d + 2) + 2, acc + (size_t)g * d, sizeof(float) * d);
+                for (int h = 0; h < H; h++) {
+                    p[h * (d + 2)] = m[h];
+                    p[h * (d + 2) + 1] = l[h];
+                    memcpy(p + h * (d + 2) + 2, acc + (size_t)h * d, sizeof(float) * d);
                 }
             }
         }
         free(qbuf);
         free(acc);
+        free(ml);
+        free(sbuf);
     }
     if (failed) {
         free(part);
@@ -426,8 +440,8 @@ int apex_paged_decode_attention(const void *q, int io_dtype, const void *k_cache
     if (nchunks > 1) {
 #pragma omp parallel for schedule(static) num_threads(num_threads)
         for (int64_t rh = 0; rh < (int64_t)R * H; rh++) {
-            int r = (int)(rh / H), h = (int)(rh % H), j = h / G, g = h % G;
-            const float *base = part + per_task * (((int64_t)r * kvh + j) * nchunks);
+            int r = (int)(rh / H), g = (int)(rh % H); /* g: the head's slot in a partial */
+            const float *base = part + per_task * ((int64_t)r * nchunks);
             float mx = -INFINITY;
             for (int c = 0; c < nchunks; c++) {
                 float mc = base[per_task * c + g * (d + 2)];
