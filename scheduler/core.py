@@ -117,8 +117,10 @@ class Scheduler:
         if not preempted:
             self.swap_in_when_room(decodes)
         self.running = decodes
+        # The plan shares each block table with its request: nothing changes a table
+        # before the executor has run the plan, and the next schedule() makes new ones.
         seqs = [
-            SeqPlan(r, r.all_ids[r.num_computed :], r.num_computed, r.tier, list(r.block_table))
+            SeqPlan(r, r.tokens_from(r.num_computed), r.num_computed, r.tier, r.block_table)
             for r in decodes
         ]
         if not preempted and not self.swapped:
@@ -132,10 +134,10 @@ class Scheduler:
         """Give each running request room for its next token, oldest first. On a full
         tier the newest request of that tier is evicted: to the CPU tier if it can take
         it (swap-out instead of recompute), else preempted for recompute."""
-        queue = list(self.running)
+        queue = deque(self.running)
         decodes: list[Request] = []
         while queue:
-            req = queue.pop(0)
+            req = queue.popleft()
             while True:
                 alloc = self.alloc(req.tier)
                 need = self.config.blocks_for(req.num_tokens) - len(req.block_table)
@@ -240,7 +242,7 @@ class Scheduler:
             if not req.pinned:
                 req.target_tier = self.initial_target(req)
             self.running.append(req)
-            seqs.append(SeqPlan(req, req.all_ids, 0, Tier.GPU, list(req.block_table)))
+            seqs.append(SeqPlan(req, req.all_ids, 0, Tier.GPU, req.block_table))
             budget -= n
         return seqs
 

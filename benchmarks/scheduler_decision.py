@@ -1,0 +1,121 @@
+"""Scheduler decision time per iteration with many running requests (issue 4 target:
+at most 1 ms with 256). Times `schedule()` (the decision), `update()` (bookkeeping the
+results) and the building of the executor's StepRequest message, separately; the
+requests are on both tiers so the two-tier paths are exercised. Prints, writes JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from apex.v1 import executor_pb2
+
+from benchmarks.engine_vs_hf import cpu_name
+from scheduler.config import SchedulerConfig
+from scheduler.core import Scheduler
+from scheduler.request import Request, SamplingConfig, Tier
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def step_request(plan) -> executor_pb2.StepRequest:
+    # the same message the engine sends (scheduler/executor_client.py), built here
+    # without a channel so that only the serialisation work is timed
+    return executor_pb2.StepRequest(
+        step_id=plan.step_id,
+        seqs=[
+            executor_pb2.SeqStep(
+                request_id=s.request.request_id,
+                token_ids=s.token_ids,
+                start_pos=s.start_pos,
+                block_table=s.block_table,
+                tier=executor_pb2.TIER_CPU if s.tier is Tier.CPU else 0,
+            )
+            for s in plan.seqs
+        ],
+    )
+
+
+def run(running: int, context: int, iterations: int) -> dict:
+    bs = 16
+    cfg = SchedulerConfig(
+        max_model_len=8192,
+        block_size=bs,
+        num_gpu_blocks=running * (context + iterations + bs) // bs // 2 + 1024,
+        num_cpu_blocks=running * (context + iterations + bs) // bs + 1024,
+        max_num_seqs=running,
+        max_num_batched_tokens=running * context,
+        placement="cpu",  # all run: each moves to the CPU tier after its prefill
+    )
+    s = Scheduler(cfg, frozenset())
+    for i in range(running):
+        s.add(
+            Request(
+                f"r{i}", [2] * context, SamplingConfig(max_tokens=iterations + 10, ignore_eos=True)
+            )
+        )
+    while s.waiting or any(r.tier is Tier.GPU for r in s.running):  # prefill, then move
+        plan = s.schedule()
+        s.update(plan, [3] * len(plan.seqs))
+    for r in list(s.running)[: running // 4]:  # a quarter back on the GPU: both tiers in use
+        s.pin(r.request_id, Tier.GPU)
+    plan = s.schedule()
+    s.update(plan, [3] * len(plan.seqs))
+    times = {"schedule": [], "update": [], "proto": []}
+    for _ in range(iterations):
+        t0 = time.perf_counter()
+        plan = s.schedule()
+        t1 = time.perf_counter()
+        msg = step_request(plan).SerializeToString()
+        t2 = time.perf_counter()
+        s.update(plan, [3] * len(plan.seqs))
+        t3 = time.perf_counter()
+        times["schedule"].append(t1 - t0)
+        times["proto"].append(t2 - t1)
+        times["update"].append(t3 - t2)
+    tiers = {t: sum(1 for r in s.running if r.tier is t) for t in Tier}
+    return {
+        "running": running,
+        "context": context,
+        "iterations": iterations,
+        "on_gpu": tiers[Tier.GPU],
+        "on_cpu": tiers[Tier.CPU],
+        "message_bytes": len(msg),
+        **{f"{k}_ms_p50": float(np.percentile(v, 50) * 1e3) for k, v in times.items()},
+        **{f"{k}_ms_p99": float(np.percentile(v, 99) * 1e3) for k, v in times.items()},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--out", type=Path, default=RESULTS / "scheduler_decision.json")
+    args = ap.parse_args()
+    rows = [run(n, 1024, args.iterations) for n in (64, 256, 512)]
+    print(
+        f"{'running':>7} {'gpu/cpu':>9} {'schedule p50/p99 ms':>20} {'update p50/p99':>15} "
+        f"{'proto p50/p99':>14}"
+    )
+    for r in rows:
+        print(
+            f"{r['running']:7} {r['on_gpu']:4}/{r['on_cpu']:<4} "
+            f"{r['schedule_ms_p50']:9.3f}/{r['schedule_ms_p99']:<9.3f} "
+            f"{r['update_ms_p50']:7.3f}/{r['update_ms_p99']:<7.3f} "
+            f"{r['proto_ms_p50']:6.3f}/{r['proto_ms_p99']:<6.3f}"
+        )
+    report = {
+        "what": "scheduler decision time per iteration, contexts of 1k tokens",
+        "machine": {"cpu": cpu_name(), "device": "cpu (no GPU)"},
+        "target": "schedule() <= 1 ms per iteration with 256 running requests",
+        "cases": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
