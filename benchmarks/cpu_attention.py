@@ -10,31 +10,17 @@ same run with the same threads. Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.engine_vs_hf import cpu_name
+from benchmarks.common import RESULTS, cpu_name, median_time, save
 from cpu_executor import native
 from cpu_executor.attention import AttnShape, OrtAttention, kernel_attention
 from cpu_executor.layout import ITEM
 
-RESULTS = Path(__file__).parent / "results"
 SHAPE = AttnShape(num_heads=32, num_kv_heads=8, head_dim=128, block_size=16)
-
-
-def median_time(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def read_bandwidth(threads: int, gb: float = 2.0) -> float:
@@ -129,13 +115,11 @@ def main() -> None:
             (r["kernel_pct_bw"] for r in target), default=None
         ),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    save(report, args.out)
     print(
         f"kernel, batch >= 8 and context >= 1k: at least "
         f"{report['kernel_min_pct_bw_in_target_region']:.0f}% of the read bandwidth"
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ CpuLink does, and with spinning off (straight to the futex). Prints, writes JSON
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -19,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.engine_vs_hf import cpu_name
+from benchmarks.common import RESULTS, cpu_name, save
 from cpu_executor.dataplane import Exchange
 from cpu_executor.layout import ExchangeLayout, layer_in, layer_out
 from cpu_executor.shm import Segment, unique_name
 from gpu_executor.cpu_link import torch_view
 
-RESULTS = Path(__file__).parent / "results"
 LAYOUT = ExchangeLayout(
     num_layers=1,
     max_rows=16,
@@ -121,9 +119,7 @@ def main() -> None:
         "target": "p50 <= 20 us when spinning",
         "cases": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save(report, args.out)
 
 
 if __name__ == "__main__":

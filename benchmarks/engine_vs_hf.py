@@ -10,8 +10,6 @@ checked against transformers' token for token. Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
 import tempfile
 import time
@@ -22,11 +20,10 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
+from benchmarks.common import RESULTS, cpu_name, pct, save
 from clients.apex_client import ApexClient
 from gpu_executor.model_init import init_model
 from scheduler.launcher import local_stack
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def workload(n: int, vocab: int, seed: int) -> tuple[list[list[int]], list[int]]:
@@ -36,11 +33,6 @@ def workload(n: int, vocab: int, seed: int) -> tuple[list[list[int]], list[int]]
     ]
     outputs = [rng.randrange(16, 257) for _ in range(n)]
     return prompts, outputs
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
 
 
 def hf_sequential(model, prompts, outputs) -> dict:
@@ -129,16 +121,6 @@ def engine(model_dir: Path, prompts, outputs, threads: int) -> dict:
     }
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", type=Path, help="checkpoint (default: a fresh tiny model)")
@@ -182,8 +164,7 @@ def main() -> None:
         "ratio_engine_vs_transformers_batch8": eng["tokens_per_s"] / hf_b8["tokens_per_s"],
         "greedy_outputs_equal": f"{exact}/{args.requests}",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    save(report, args.out)
     print(f"{'system':28} {'tokens/s':>10} {'wall s':>8} {'lat p50':>8} {'lat p99':>8}")
     for name, r in (
         ("transformers, one at a time", hf_seq),
@@ -201,7 +182,6 @@ def main() -> None:
         f"engine / transformers sequential: {seq_ratio:.2f}x; / batches of 8: {b8_ratio:.2f}x;"
         f" greedy outputs equal: {report['greedy_outputs_equal']}"
     )
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

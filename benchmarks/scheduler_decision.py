@@ -6,37 +6,16 @@ requests are on both tiers so the two-tier paths are exercised. Prints, writes J
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from apex.v1 import executor_pb2
 
-from benchmarks.engine_vs_hf import cpu_name
+from benchmarks.common import RESULTS, cpu_name, save
 from scheduler.config import SchedulerConfig
 from scheduler.core import Scheduler
+from scheduler.executor_client import step_request
 from scheduler.request import Request, SamplingConfig, Tier
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def step_request(plan) -> executor_pb2.StepRequest:
-    # the same message the engine sends (scheduler/executor_client.py), built here
-    # without a channel so that only the serialisation work is timed
-    return executor_pb2.StepRequest(
-        step_id=plan.step_id,
-        seqs=[
-            executor_pb2.SeqStep(
-                request_id=s.request.request_id,
-                token_ids=s.token_ids,
-                start_pos=s.start_pos,
-                block_table=s.block_table,
-                tier=executor_pb2.TIER_CPU if s.tier is Tier.CPU else 0,
-            )
-            for s in plan.seqs
-        ],
-    )
 
 
 def run(running: int, context: int, iterations: int) -> dict:
@@ -112,9 +91,7 @@ def main() -> None:
         "target": "schedule() <= 1 ms per iteration with 256 running requests",
         "cases": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save(report, args.out)
 
 
 if __name__ == "__main__":

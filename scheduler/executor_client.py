@@ -14,6 +14,32 @@ CHANNEL_OPTIONS = [
 ]
 
 
+def step_request(plan: StepPlan) -> executor_pb2.StepRequest:
+    """One iteration's plan as the GPU executor receives it."""
+    seqs = [
+        executor_pb2.SeqStep(
+            request_id=s.request.request_id,
+            token_ids=s.token_ids,
+            start_pos=s.start_pos,
+            block_table=s.block_table,
+            tier=executor_pb2.TIER_CPU if s.tier is Tier.CPU else executor_pb2.TIER_GPU,
+            sampling=executor_pb2.SamplingSpec(
+                temperature=s.request.sampling.temperature,
+                top_p=s.request.sampling.top_p,
+                top_k=s.request.sampling.top_k,
+                seed=s.request.sampling.seed,
+            ),
+        )
+        for s in plan.seqs
+    ]
+    return executor_pb2.StepRequest(
+        step_id=plan.step_id,
+        seqs=seqs,
+        swap_out=[executor_pb2.BlockCopy(src=a, dst=b) for a, b in plan.swap_out],
+        swap_in=[executor_pb2.BlockCopy(src=a, dst=b) for a, b in plan.swap_in],
+    )
+
+
 class GpuExecutorClient:
     def __init__(self, address: str) -> None:
         self.address = address
@@ -31,29 +57,7 @@ class GpuExecutorClient:
         return reply.cache_bytes
 
     async def step(self, plan: StepPlan, timeout: float) -> executor_pb2.StepResponse:
-        seqs = [
-            executor_pb2.SeqStep(
-                request_id=s.request.request_id,
-                token_ids=s.token_ids,
-                start_pos=s.start_pos,
-                block_table=s.block_table,
-                tier=executor_pb2.TIER_CPU if s.tier is Tier.CPU else executor_pb2.TIER_GPU,
-                sampling=executor_pb2.SamplingSpec(
-                    temperature=s.request.sampling.temperature,
-                    top_p=s.request.sampling.top_p,
-                    top_k=s.request.sampling.top_k,
-                    seed=s.request.sampling.seed,
-                ),
-            )
-            for s in plan.seqs
-        ]
-        req = executor_pb2.StepRequest(
-            step_id=plan.step_id,
-            seqs=seqs,
-            swap_out=[executor_pb2.BlockCopy(src=a, dst=b) for a, b in plan.swap_out],
-            swap_in=[executor_pb2.BlockCopy(src=a, dst=b) for a, b in plan.swap_in],
-        )
-        return await self.stub.Step(req, timeout=timeout)
+        return await self.stub.Step(step_request(plan), timeout=timeout)
 
     async def attach_cpu_tier(self, layout: executor_pb2.CpuTierLayout) -> None:
         await self.stub.AttachCpuTier(layout, timeout=60.0)
