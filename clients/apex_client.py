@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import grpc
 from apex.v1 import admin_pb2, admin_pb2_grpc, generation_pb2, generation_pb2_grpc
+
+from common.grpc_server import client_channel
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
@@ -71,12 +72,7 @@ class ApexClient:
         self.timeout = timeout
         self.tls_ca = tls_ca
         self.metadata = (("authorization", f"Bearer {token}"),) if token else None
-        if tls_ca:
-            with open(tls_ca, "rb") as f:
-                creds = grpc.ssl_channel_credentials(root_certificates=f.read())
-            self.channel = grpc.secure_channel(address, creds)
-        else:
-            self.channel = grpc.insecure_channel(address)
+        self.channel = client_channel(address, tls_ca)
         self.generation = generation_pb2_grpc.GenerationStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
 

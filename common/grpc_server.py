@@ -53,16 +53,19 @@ def setup_logging(process: str, level: str = "INFO") -> None:
     )
 
 
+def client_channel(address: str, tls_ca: str | None = None) -> grpc.Channel:
+    """A channel to address: TLS trusting the CA in the PEM file tls_ca, else plaintext."""
+    if not tls_ca:
+        return grpc.insecure_channel(address)
+    with open(tls_ca, "rb") as f:
+        creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.secure_channel(address, creds)
+
+
 def check_health(address: str, timeout: float = 1.0, tls_ca: str | None = None) -> bool:
     """True when the server at address answers SERVING for the whole server."""
     try:
-        if tls_ca:
-            with open(tls_ca, "rb") as f:
-                creds = grpc.ssl_channel_credentials(root_certificates=f.read())
-            channel = grpc.secure_channel(address, creds)
-        else:
-            channel = grpc.insecure_channel(address)
-        with channel as ch:
+        with client_channel(address, tls_ca) as ch:
             reply = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout
             )

@@ -9,7 +9,6 @@ faster depends on batch, context and dtype, so `PathChooser` measures instead of
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -249,9 +248,3 @@ class PathChooser:
         self.count[key] = c + 1
         self.avg[key] = seconds if c == 0 else 0.8 * self.avg[key] + 0.2 * seconds
         self.chosen[path] += 1
-
-
-def timed(fn, *args) -> float:
-    t = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t

@@ -32,9 +32,14 @@ def build_dir() -> Path:
     return Path(root)
 
 
+def cflags() -> list[str]:
+    """Compiler flags; they are part of the build's cache key."""
+    return os.environ.get("APEX_CFLAGS", "-O3 -march=native -fno-math-errno").split()
+
+
 def library_path() -> Path:
-    flags = os.environ.get("APEX_CFLAGS", "-O3 -march=native -fno-math-errno")
-    digest = hashlib.sha256(SOURCE.read_bytes() + flags.encode()).hexdigest()[:16]
+    key = SOURCE.read_bytes() + " ".join(cflags()).encode()
+    digest = hashlib.sha256(key).hexdigest()[:16]
     return build_dir() / f"libapex_cpu-{digest}.so"
 
 
@@ -47,10 +52,9 @@ def build(force: bool = False) -> Path:
         raise NativeBuildError("no C compiler found (install gcc) to build the APEX CPU kernels")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    flags = os.environ.get("APEX_CFLAGS", "-O3 -march=native -fno-math-errno").split()
     cmd = [
         cc,
-        *flags,
+        *cflags(),
         "-fopenmp",
         "-fPIC",
         "-shared",

@@ -27,6 +27,16 @@ def unique_name(purpose: str) -> str:
     return f"apex-{os.getpid()}-{purpose}-{secrets.token_hex(4)}"
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    return True
+
+
 def remove_stale_segments() -> list[str]:
     """Unlink segments whose creating process is gone (a CPU executor killed with -9
     cannot unlink its own), so restarts do not leak host memory."""
@@ -35,13 +45,9 @@ def remove_stale_segments() -> list[str]:
         pid = path.name.split("-")[1]
         if not pid.isdigit():
             continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if not process_alive(int(pid)):
             path.unlink(missing_ok=True)
             removed.append(path.name)
-        except PermissionError:
-            pass  # alive, someone else's
     return removed
 
 

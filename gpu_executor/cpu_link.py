@@ -8,7 +8,6 @@ their own into the exchange, which is registered as pinned memory.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -18,20 +17,10 @@ from apex.v1 import executor_pb2
 
 from cpu_executor.dataplane import Exchange
 from cpu_executor.layout import DONE, STEP, ExchangeLayout, TierLayout, layer_in, layer_out
-from cpu_executor.shm import Segment
+from cpu_executor.shm import Segment, process_alive
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 WAIT_SLICE_S = 0.1
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CpuExecutorLost(RuntimeError):
@@ -146,7 +135,7 @@ class CpuLink:
         deadline = time.monotonic() + self.timeout_s
         while not self.exchange.wait(counter, self.step, WAIT_SLICE_S):
             pid = int(self.exchange.views.header[7])
-            if pid and not alive(pid):
+            if pid and not process_alive(pid):
                 raise CpuExecutorLost(f"the CPU executor (pid {pid}) is gone ({what})")
             if time.monotonic() > deadline:
                 raise CpuExecutorLost(
