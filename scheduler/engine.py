@@ -18,7 +18,7 @@ import grpc
 from scheduler.core import Scheduler, StepPlan
 from scheduler.executors import Executors
 from scheduler.metrics import EngineObserver
-from scheduler.predictor import StepTimePredictor
+from scheduler.predictor import StepTimePredictor, features
 from scheduler.request import FinishReason, Request
 from scheduler.tokenizer import IncrementalDetokenizer, TextTokenizer
 
@@ -157,12 +157,13 @@ class Engine:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            predicted = self.predictor.predict(plan)
+            work = features(plan)
+            predicted = self.predictor.predict(work)
             t = time.monotonic()
             try:
                 reply = await self.executors.step(plan, timeout=self.step_timeout_s)
                 measured = time.monotonic() - t
-                self.predictor.observe(plan, measured, predicted)
+                self.predictor.observe(work, measured, predicted)
                 self.apply(plan, list(reply.next_tokens))
                 failures = 0
             except grpc.aio.AioRpcError as e:

@@ -61,16 +61,17 @@ class StepTimePredictor:
         self.coef: np.ndarray | None = None
         self.observed = 0
 
-    def predict(self, plan: StepPlan) -> float | None:
-        """Predicted seconds for the plan; None until enough iterations were measured."""
+    def predict(self, x: np.ndarray) -> float | None:
+        """Predicted seconds for a plan's features; None until enough iterations were
+        measured. The caller computes features(plan) once and passes it to observe too."""
         if self.coef is None:
             return None
-        return max(float(features(plan) @ self.coef), 0.0)
+        return max(float(x @ self.coef), 0.0)
 
-    def observe(self, plan: StepPlan, measured_s: float, predicted_s: float | None) -> None:
+    def observe(self, x: np.ndarray, measured_s: float, predicted_s: float | None) -> None:
         if predicted_s is not None and measured_s > 0:
             self.errors.append(abs(predicted_s - measured_s) / measured_s)
-        self.samples.append((features(plan), measured_s))
+        self.samples.append((x, measured_s))
         self.observed += 1
         if len(self.samples) >= self.min_samples and self.observed % self.refit_every == 0:
             self.refit()

@@ -61,17 +61,20 @@ def test_learns_step_time_online_and_reports_its_error():
     assert math.isnan(pred.mape())
     for _ in range(40):
         p = plan(rng)
-        assert pred.predict(p) is None or pred.observed >= 32
-        pred.observe(p, true_time(p) * rng.uniform(0.97, 1.03), pred.predict(p))
+        x = features(p)
+        assert pred.predict(x) is None or pred.observed >= 32
+        pred.observe(x, true_time(p) * rng.uniform(0.97, 1.03), pred.predict(x))
     assert pred.coef is not None
     for _ in range(300):
         p = plan(rng)
-        pred.observe(p, true_time(p) * rng.uniform(0.97, 1.03), pred.predict(p))
+        x = features(p)
+        pred.observe(x, true_time(p) * rng.uniform(0.97, 1.03), pred.predict(x))
     assert pred.mape() < 0.04  # the noise is +-3%
     # the machine slows down by half: the window recalibrates
     for _ in range(700):
         p = plan(rng)
-        pred.observe(p, 1.5 * true_time(p) * rng.uniform(0.97, 1.03), pred.predict(p))
+        x = features(p)
+        pred.observe(x, 1.5 * true_time(p) * rng.uniform(0.97, 1.03), pred.predict(x))
     assert pred.mape() < 0.04
 
 
