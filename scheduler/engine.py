@@ -193,10 +193,14 @@ class Engine:
 
     def fail_plan(self, plan: StepPlan, code: grpc.StatusCode, message: str) -> None:
         for seq in plan.seqs:
-            rid = seq.request.request_id
-            if rid in self.streams:
-                self.scheduler.abort(rid)
-                self.streams.pop(rid).queue.put_nowait(EngineError(code, message))
+            self.fail(seq.request.request_id, code, message)
+
+    def fail(self, request_id: str, code: grpc.StatusCode, message: str) -> None:
+        """End one live request with a gRPC status instead of an output."""
+        stream = self.streams.pop(request_id, None)
+        if stream is not None:
+            self.scheduler.abort(request_id)
+            stream.queue.put_nowait(EngineError(code, message))
 
     def apply(self, plan: StepPlan, tokens: list[int]) -> None:
         updated = self.scheduler.update(plan, tokens)
@@ -266,7 +270,5 @@ class Engine:
         )
 
     def fail_all(self, code: grpc.StatusCode, message: str) -> None:
-        for request_id, stream in list(self.streams.items()):
-            self.scheduler.abort(request_id)
-            stream.queue.put_nowait(EngineError(code, message))
-            del self.streams[request_id]
+        for request_id in list(self.streams):
+            self.fail(request_id, code, message)
