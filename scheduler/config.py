@@ -39,6 +39,7 @@ class ModelSpec:
 
 
 PLACEMENTS = ("gpu", "cpu", "auto")
+STRATEGIES = ("auto", "overlap", "pipeline")
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,11 @@ class SchedulerConfig:
     max_queue: int = 1024  # waiting requests before RESOURCE_EXHAUSTED
     num_cpu_blocks: int = 0  # 0: no CPU tier
     placement: str = "auto"  # gpu | cpu | auto
+    strategy: str = "auto"  # auto (the policy's call) | overlap | pipeline: forced
 
     def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, not {self.strategy!r}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, not {self.placement!r}")
         if self.num_cpu_blocks < 0:

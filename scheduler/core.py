@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from scheduler.block_manager import BlockAllocator
 from scheduler.config import SchedulerConfig
+from scheduler.policy import FixedRulePolicy, GpuOnlyPolicy, Policy, Strategy, forced
 from scheduler.request import FinishReason, Request, Status, Tier
 
 
@@ -43,6 +44,9 @@ class StepPlan:
     preempted: list[Request]
     swap_out: list[tuple[int, int]] = field(default_factory=list)  # (gpu block, cpu block)
     swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu block, gpu block)
+    strategy: Strategy = Strategy.GPU_ONLY
+    pipeline_rows: int = 0  # PIPELINE: CPU rows in sub-batch B1, the first in plan order
+    predicted_s: float = float("nan")  # the policy's cost model; NaN without one
 
     @property
     def num_prefill_tokens(self) -> int:
@@ -59,6 +63,7 @@ class Scheduler:
         config: SchedulerConfig,
         eos_token_ids: frozenset[int],
         clock: Callable[[], float] = time.monotonic,
+        policy: Policy | None = None,
     ) -> None:
         self.config = config
         self.clock = clock  # the simulator steps a virtual one
@@ -66,6 +71,9 @@ class Scheduler:
         self.gpu = BlockAllocator(config.num_gpu_blocks, "gpu")
         self.cpu = BlockAllocator(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
         self.placement = config.placement
+        self.policy = policy or (
+            GpuOnlyPolicy(None) if config.placement == "gpu" else FixedRulePolicy(None)
+        )
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.swapped: list[Request] = []
@@ -76,6 +84,16 @@ class Scheduler:
         self.num_swap_ins = 0
         self._out: list[tuple[int, int]] = []
         self._in: list[tuple[int, int]] = []
+        self.admit_future_free = 0  # GPU blocks free once GPU requests have grown to the end
+
+    def set_policy(self, policy: Policy) -> None:
+        """Live switch: takes effect at the next schedule(); nothing running moves now."""
+        self.policy = policy
+
+    @property
+    def cpu_attention(self) -> bool:
+        """Whether CPU-tier requests decode (attention on the CPU) or only park there."""
+        return self.cpu is not None and self.placement != "gpu" and self.policy.cpu_attention
 
     # -- intake ---------------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -128,7 +146,19 @@ class Scheduler:
         if not seqs:
             return None
         self.step_id += 1
-        return StepPlan(self.step_id, seqs, preempted, self._out, self._in)
+        d = self.policy.choose(seqs)
+        if self.config.strategy != "auto" and d.strategy is not Strategy.GPU_ONLY:
+            d = forced(self.config.strategy, seqs, d)
+        return StepPlan(
+            self.step_id,
+            seqs,
+            preempted,
+            self._out,
+            self._in,
+            d.strategy,
+            d.pipeline_rows,
+            d.predicted_s,
+        )
 
     def grow_running(self, preempted: list[Request]) -> list[Request]:
         """Give each running request room for its next token, oldest first. On a full
@@ -159,7 +189,7 @@ class Scheduler:
         """Free the victim's blocks on its tier; True if it keeps decoding on the CPU."""
         victim.pinned, victim.target_tier = False, None
         if victim.tier is Tier.GPU and self.cpu is not None and self.move(victim, Tier.CPU):
-            if self.placement == "gpu":  # attention stays on the GPU: park it
+            if not self.cpu_attention:  # attention stays on the GPU: park it
                 victim.status = Status.SWAPPED
                 self.swapped.append(victim)
                 return False
@@ -181,13 +211,15 @@ class Scheduler:
         if self.cpu is None or self.placement == "cpu" or self._out:
             return
         parked = [*self.swapped, *(r for r in decodes if r.tier is Tier.CPU and not r.pinned)]
+        if not parked:
+            return
         parked.sort(key=lambda r: r.arrival_time)
+        free = self.gpu_future_free(decodes)
         for req in parked:
-            future = self.config.blocks_for(
-                min(req.num_tokens + req.remaining_tokens, self.config.max_model_len)
-            )
-            if self.gpu.num_free < future or not self.move(req, Tier.GPU):
+            future = self.future_blocks(req)
+            if free < future or not self.move(req, Tier.GPU):
                 break
+            free -= future
             req.target_tier = None
             if req.status is Status.SWAPPED:
                 self.resume(req, decodes)
@@ -222,11 +254,29 @@ class Scheduler:
         req.migrations += 1
         return True
 
+    def future_blocks(self, req: Request) -> int:
+        """Blocks the request holds once it has generated all it may."""
+        return self.config.blocks_for(
+            min(req.num_tokens + req.remaining_tokens, self.config.max_model_len)
+        )
+
+    def gpu_future_free(self, running: list[Request]) -> int:
+        """Free GPU blocks less what the running GPU requests will still grow into."""
+        growth = sum(
+            self.future_blocks(r) - len(r.block_table)
+            for r in running
+            if r.tier is Tier.GPU and r.target_tier is not Tier.CPU
+        )
+        return self.gpu.num_free - growth
+
     def admit(self) -> list[SeqPlan]:
-        """New (and preempted) requests join, FCFS, prefilled on the GPU tier."""
+        """New (and preempted) requests join, FCFS, prefilled on the GPU tier; the policy
+        says where their KV goes next, or that they wait."""
         cfg = self.config
         seqs: list[SeqPlan] = []
+        admitted: list[Request] = []
         budget = cfg.max_num_batched_tokens
+        self.admit_future_free = self.gpu_future_free(self.running) if self.waiting else 0
         while self.waiting and len(self.running) < cfg.max_num_seqs:
             req = self.waiting[0]
             n = req.num_tokens
@@ -235,27 +285,28 @@ class Scheduler:
             need = cfg.blocks_for(n)
             if need > self.gpu.num_free:
                 break
+            target = req.target_tier if req.pinned else self.place(req, admitted)
+            if target is None:
+                break  # the policy holds it (and, FCFS, those behind it) back
             self.waiting.popleft()
             req.block_table = self.gpu.allocate(need)
             req.tier = Tier.GPU
             req.status = Status.RUNNING
-            if not req.pinned:
-                req.target_tier = self.initial_target(req)
+            req.target_tier = target if target is Tier.CPU else None
             self.running.append(req)
+            admitted.append(req)
             seqs.append(SeqPlan(req, req.all_ids, 0, Tier.GPU, req.block_table))
             budget -= n
         return seqs
 
-    def initial_target(self, req: Request) -> Tier | None:
-        """The fixed placement rule: cpu sends everything to the CPU tier after prefill;
-        auto keeps a request on the GPU if its whole future fits beside what is left."""
-        if self.cpu is None or self.placement == "gpu":
-            return None
+    def place(self, req: Request, admitted: list[Request]) -> Tier | None:
+        """Where the request's KV goes after prefill: forced by --placement, else the
+        policy's call (None: not now)."""
+        if self.cpu is None or not self.cpu_attention:
+            return Tier.GPU
         if self.placement == "cpu":
             return Tier.CPU
-        future = self.config.blocks_for(req.num_tokens + req.remaining_tokens)
-        growth = future - len(req.block_table)
-        return None if growth <= self.gpu.num_free else Tier.CPU
+        return self.policy.place(self, req, admitted)
 
     def preempt(self, req: Request) -> None:
         """Free the request's blocks and requeue it first; its tokens are kept for recompute."""

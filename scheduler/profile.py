@@ -12,8 +12,9 @@ which G rows attend on the GPU and C rows on the CPU:
     catt(C)     = CPU KV bytes read by the C rows / CPU attention rate + data-plane round trip
     transfer(C) = C x (q, k, v out + attention back) bytes / PCIe bandwidth
 
-    gpu-only      layer = linear(T) + gatt(G)
-    async overlap layer = linear(T) + max(gatt(G), catt(C) + transfer(C))
+How the subtasks compose into an iteration under each strategy is the policy's
+business (`scheduler/policy.py`): the same formulas drive the simulator's clock and the
+policies' predictions.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.core import StepPlan
-from scheduler.request import Tier
+from scheduler.policy import plan_s
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 
@@ -66,6 +67,9 @@ class Profile:
     def gatt_s(self, context_tokens: float) -> float:
         return context_tokens * self.kv_bytes_per_token_layer / self.gpu_bandwidth
 
+    def head_s(self) -> float:
+        return self.head_weight_bytes / self.gpu_bandwidth
+
     def catt_s(self, rows: int, context_tokens: float) -> float:
         if rows == 0:
             return 0.0
@@ -74,33 +78,6 @@ class Profile:
         return read + move + self.dataplane_round_trip_s
 
 
-@dataclass(frozen=True)
-class PlanWork:
-    tokens: int  # tokens through the linear layers
-    gpu_context: float  # context tokens attended on the GPU (prefills: n x context / 2)
-    cpu_rows: int
-    cpu_context: float
-
-
-def plan_work(plan: StepPlan) -> PlanWork:
-    tokens, gctx, crows, cctx = 0, 0.0, 0, 0.0
-    for s in plan.seqs:
-        n = len(s.token_ids)
-        ctx = s.start_pos + n
-        tokens += n
-        if s.tier is Tier.CPU:
-            crows += 1
-            cctx += ctx
-        else:
-            gctx += ctx if n == 1 else n * (s.start_pos + ctx) / 2
-    return PlanWork(tokens, gctx, crows, cctx)
-
-
 def step_time(profile: Profile, plan: StepPlan) -> float:
-    """Predicted iteration time: asynchronous overlap when CPU rows exist, else gpu-only."""
-    w = plan_work(plan)
-    gpu_att = profile.gatt_s(w.gpu_context)
-    cpu_att = profile.catt_s(w.cpu_rows, w.cpu_context)
-    layer = profile.linear_s(w.tokens) + max(gpu_att, cpu_att)
-    head = profile.head_weight_bytes / profile.gpu_bandwidth
-    return profile.num_layers * layer + head + profile.iteration_overhead_s
+    """The model's iteration time for the plan, run with the strategy the plan names."""
+    return plan_s(profile, plan.seqs, plan.strategy, plan.pipeline_rows)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from scheduler.config import SchedulerConfig
 from scheduler.core import Scheduler
+from scheduler.policy import POLICIES, make_policy
 from scheduler.profile import Profile, step_time
 from scheduler.request import Request, SamplingConfig
 
@@ -36,7 +37,6 @@ WORKLOADS = {
         Workload("neo", (1000, 1000), (50, 400), jitter=0.1),  # NEO's synthetic
     )
 }
-POLICIES = ("gpu-only", "overlap")  # neo and apex come with issue 4
 
 
 @dataclass
@@ -52,6 +52,7 @@ class SimResult:
     iterations: int
     mean_batch: float
     decision_ms_p99: float  # scheduler.schedule() wall time, this machine
+    strategies: dict[str, int]  # iterations run with each strategy
 
 
 def requests(workload: Workload, n: int, rate: float, max_len: int, seed: int):
@@ -78,12 +79,14 @@ def simulate(
     n: int = 200,
     rate: float = 8.0,
     seed: int = 0,
+    tpot_slo_s: float | None = None,
 ) -> SimResult:
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
     gpu_blocks = profile.gpu_kv_capacity_tokens // BLOCK
     max_len = min(gpu_blocks * BLOCK, 8192)
-    cpu_blocks = 0 if policy == "gpu-only" else profile.cpu_kv_capacity_tokens // BLOCK
+    # gpu-only gets the same host memory, as swap space for preempted requests.
+    cpu_blocks = profile.cpu_kv_capacity_tokens // BLOCK
     cfg = SchedulerConfig(
         max_model_len=max_len,
         block_size=BLOCK,
@@ -92,15 +95,18 @@ def simulate(
         max_num_batched_tokens=max(4096, max_len),
         max_queue=10**6,
         num_cpu_blocks=cpu_blocks,
-        placement="gpu" if policy == "gpu-only" else "auto",
+        placement="auto",
     )
     now = [0.0]
-    sched = Scheduler(cfg, frozenset(), clock=lambda: now[0])
+    sched = Scheduler(
+        cfg, frozenset(), clock=lambda: now[0], policy=make_policy(policy, profile, tpot_slo_s)
+    )
     pending = requests(workload, n, rate, max_len, seed)
     live: list[Request] = []
     done: list[Request] = []
     steps: list[tuple[float, int]] = []
     decide: list[float] = []
+    used: dict[str, int] = {}
     i = 0
     while i < len(pending) or sched.has_work():
         while i < len(pending) and pending[i][0] <= now[0]:
@@ -123,8 +129,9 @@ def simulate(
         now[0] += step_time(profile, plan)
         updated = sched.update(plan, [2] * len(plan.seqs))
         steps.append((now[0], len(updated)))
+        used[plan.strategy.value] = used.get(plan.strategy.value, 0) + 1
         done.extend(r for r in updated if r.finished)
-    return summarise(policy, done, steps, decide, sched)
+    return summarise(policy, done, steps, decide, sched, used)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -132,7 +139,7 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))] if xs else float("nan")
 
 
-def summarise(policy, done, steps, decide, sched) -> SimResult:
+def summarise(policy, done, steps, decide, sched, used) -> SimResult:
     finish = sorted(r.finish_time for r in done)
     lo, hi = finish[len(finish) // 10], finish[(9 * len(finish)) // 10]  # steady part
     tokens = sum(n for t, n in steps if lo < t <= hi)
@@ -154,4 +161,5 @@ def summarise(policy, done, steps, decide, sched) -> SimResult:
         iterations=len(steps),
         mean_batch=statistics.fmean(n for _, n in steps),
         decision_ms_p99=pct(decide, 99) * 1e3,
+        strategies=used,
     )

@@ -1,0 +1,164 @@
+"""Policies: strategy choice from the cost model, placement under the TPOT bound, NEO's
+hiding rule, live switching, and the simulator's three-way comparison."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scheduler.config import SchedulerConfig
+from scheduler.core import Scheduler, SeqPlan
+from scheduler.policy import (
+    ApexPolicy,
+    Strategy,
+    Work,
+    best_decision,
+    make_policy,
+    overlap_s,
+    pipeline_s,
+)
+from scheduler.profile import Profile
+from scheduler.request import Request, SamplingConfig, Tier
+from scheduler.simulator import WORKLOADS, simulate
+
+T4 = Profile.load("t4-llama2-7b")
+
+
+def rows(gpu_ctx: list[int], cpu_ctx: list[int]) -> list[SeqPlan]:
+    r = Request("x", [1], SamplingConfig())
+    return [SeqPlan(r, [1], c - 1, Tier.GPU, []) for c in gpu_ctx] + [
+        SeqPlan(r, [1], c - 1, Tier.CPU, []) for c in cpu_ctx
+    ]
+
+
+def test_no_cpu_rows_is_gpu_only():
+    d = make_policy("apex", T4, 0.2).choose(rows([500, 700], []))
+    assert d.strategy is Strategy.GPU_ONLY and d.pipeline_rows == 0
+    assert d.predicted_s > T4.num_layers * T4.linear_s(2)
+
+
+def test_light_cpu_load_overlaps_heavy_load_pipelines():
+    apex = make_policy("apex", T4, 1.0)
+    light = apex.choose(rows([1000], [200]))
+    heavy = apex.choose(rows([1000], [1000] * 8))
+    assert light.strategy is Strategy.OVERLAP
+    assert heavy.strategy is Strategy.PIPELINE and 0 < heavy.pipeline_rows <= 8
+    # and each choice is the cheaper of the two by the model
+    for seqs, d in ((rows([1000], [200]), light), (rows([1000], [1000] * 8), heavy)):
+        w = Work(len(seqs), len(seqs), 1000.0, tuple(float(s.start_pos + 1) for s in seqs[1:]))
+        assert d.predicted_s == pytest.approx(min(overlap_s(T4, w), pipeline_s(T4, w)[0]))
+
+
+def test_pipeline_split_balances_the_two_windows():
+    w = Work(9, 9, 1000.0, (1000.0,) * 8)
+    t, k = pipeline_s(T4, w)
+    # every other split is no faster, and the best one puts CPU rows in both parts
+    assert all(pipeline_s(T4, w, j)[0] >= t - 1e-12 for j in range(1, 9))
+    assert 0 < k < 8
+    assert t < overlap_s(T4, w)
+
+
+def sched_with(policy, gpu_blocks=40, cpu_blocks=4000) -> Scheduler:
+    cfg = SchedulerConfig(
+        max_model_len=512,
+        block_size=16,
+        num_gpu_blocks=gpu_blocks,
+        num_cpu_blocks=cpu_blocks,
+        max_num_batched_tokens=4096,
+    )
+    return Scheduler(cfg, frozenset(), policy=policy)
+
+
+def new(rid: str, prompt: int = 100, out: int = 400) -> Request:
+    return Request(
+        rid, [2] * prompt, SamplingConfig(temperature=0.0, max_tokens=out, ignore_eos=True)
+    )
+
+
+def run(s: Scheduler, steps: int):
+    plans = []
+    for _ in range(steps):
+        plan = s.schedule()
+        if plan is None:
+            break
+        s.update(plan, [2] * len(plan.seqs))
+        plans.append(plan)
+    return plans
+
+
+@pytest.mark.parametrize("slo_ms", [70.0, 110.0, 200.0])
+def test_apex_keeps_predicted_decode_steps_under_its_bound(slo_ms):
+    s = sched_with(make_policy("apex", T4, slo_ms / 1e3))
+    for i in range(150):
+        s.add(new(f"r{i}"))
+    plans = run(s, 150)
+    decode_only = [p for p in plans if p.num_prefill_tokens == 0 and p.num_cpu_rows]
+    assert decode_only, "some requests should decode on the CPU tier"
+    assert max(p.predicted_s for p in decode_only) <= slo_ms / 1e3 * 1.05
+    assert s.waiting, "the bound must hold some requests back"
+
+
+def test_tighter_bound_admits_fewer_cpu_rows():
+    counts = []
+    for slo in (0.07, 0.2):
+        s = sched_with(make_policy("apex", T4, slo))
+        for i in range(40):
+            s.add(new(f"r{i}"))
+        run(s, 30)
+        counts.append(sum(1 for r in s.running if r.tier is Tier.CPU))
+    assert counts[0] < counts[1]
+
+
+def test_neo_places_on_cpu_only_while_hidden_and_always_pipelines():
+    s = sched_with(make_policy("neo", T4))
+    for i in range(40):
+        s.add(new(f"r{i}"))
+    plans = run(s, 60)
+    with_cpu = [p for p in plans if p.num_cpu_rows]
+    assert with_cpu and all(p.strategy is Strategy.PIPELINE for p in with_cpu)
+    assert s.waiting, "CPU attention that would not hide is not admitted"
+
+
+def test_gpu_only_never_decodes_on_the_cpu_tier():
+    s = sched_with(make_policy("gpu-only", T4), gpu_blocks=40)
+    for i in range(10):
+        s.add(new(f"r{i}"))
+    plans = run(s, 300)
+    assert all(p.num_cpu_rows == 0 and p.strategy is Strategy.GPU_ONLY for p in plans)
+    assert s.num_swap_outs > 0, "a full GPU tier parks requests on the CPU tier"
+
+
+def test_live_switch_takes_effect_at_the_next_iteration():
+    s = sched_with(make_policy("gpu-only", T4))
+    for i in range(20):
+        s.add(new(f"r{i}"))
+    run(s, 5)
+    assert not any(r.tier is Tier.CPU for r in s.running)
+    s.set_policy(make_policy("apex", T4, 0.2))
+    plans = run(s, 40)
+    assert any(p.num_cpu_rows for p in plans)
+
+
+def test_bad_policy_settings_are_value_errors():
+    with pytest.raises(ValueError, match="policy must be one of"):
+        make_policy("fastest", T4)
+    with pytest.raises(ValueError, match="TPOT bound"):
+        ApexPolicy(T4, 0.0)
+    fallback = make_policy("apex", None)
+    assert fallback.name == "apex" and "no profile" in fallback.describe()
+    assert math.isnan(fallback.choose(rows([10], [10])).predicted_s)
+
+
+def test_best_decision_without_cpu_strategies_still_runs_forced_cpu_rows():
+    d = best_decision(T4, Work(2, 2, 10.0, (10.0,)), ())
+    assert d.strategy is Strategy.OVERLAP
+
+
+def test_simulated_apex_beats_gpu_only_on_long_outputs_at_the_t4_memory_limit():
+    chat = WORKLOADS["chat"]
+    res = {p: simulate(T4, chat, p, n=60, rate=1.0, seed=1) for p in ("gpu-only", "neo", "apex")}
+    assert res["apex"].throughput > 1.8 * res["gpu-only"].throughput
+    assert res["apex"].tpot_p99 <= 1.1 * res["gpu-only"].tpot_p99
+    assert res["neo"].strategies.get("pipeline", 0) > 0
+    assert set(res["apex"].strategies) <= {"gpu-only", "overlap", "pipeline"}
