@@ -72,15 +72,18 @@ class TierLayout:
 
 
 # Counter indices in the control page (each a (seq, waiters) pair on its own line).
+# A step's CPU rows may come in two parts per layer (header[2] splits them: asymmetric
+# pipelining sends rows [0, split) and rows [split, n) at different times); each part
+# has its own in and out counters. Unsplit steps use part 0 only.
 STEP, DONE = 0, 1
 
 
-def layer_in(layer: int) -> int:
-    return 2 + 2 * layer
+def layer_in(layer: int, part: int = 0) -> int:
+    return 2 + 4 * layer + 2 * part
 
 
-def layer_out(layer: int) -> int:
-    return 3 + 2 * layer
+def layer_out(layer: int, part: int = 0) -> int:
+    return 3 + 4 * layer + 2 * part
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class ExchangeLayout:
 
     @property
     def num_counters(self) -> int:
-        return 2 + 2 * self.num_layers
+        return 2 + 4 * self.num_layers
 
     @property
     def control_bytes(self) -> int:
@@ -133,7 +136,8 @@ class ExchangeViews:
     """numpy views into an attached exchange segment."""
 
     counters: np.ndarray  # uint32, [num_counters, LINE / 4]; [:, 0] seq, [:, 1] waiters
-    header: np.ndarray  # int64 [8]: [0] rows, [1] block-table width, [7] CPU worker's pid
+    header: np.ndarray  # int64 [8]: [0] rows, [1] block-table width, [2] part split
+    # (0: one part), [7] CPU worker's pid
     context_lens: np.ndarray
     slots: np.ndarray
     block_tables: np.ndarray

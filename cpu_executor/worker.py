@@ -69,31 +69,35 @@ class AttentionWorker(threading.Thread):
         while self.wait(STEP, step + 1):
             step = ex.value(STEP)
             rows = int(views.header[0])
-            lens = views.context_lens[:rows]
-            slots = views.slots[:rows]
+            split = int(views.header[2])
+            parts = [(0, split), (split, rows)] if 0 < split < rows else [(0, rows)]
             width = int(views.header[1])
             tables = np.ascontiguousarray(views.block_tables[:rows, :width])
-            max_ctx = int(lens.max())
             for layer in range(self.tier.num_layers):
-                t0 = time.perf_counter()
-                if not self.wait(layer_in(layer), step):
-                    return
-                t1 = time.perf_counter()
-                self.attend(layer, rows, lens, slots, tables, max_ctx, views.timings[layer])
-                t2 = time.perf_counter()
-                views.timings[layer, 0] = t1 - t0
-                views.timings[layer, 2] = t2 - t1
-                self.attention_s += t2 - t1
-                ex.signal(layer_out(layer), step)
+                views.timings[layer, 0] = views.timings[layer, 2] = 0.0
+                for part, (lo, hi) in enumerate(parts):
+                    t0 = time.perf_counter()
+                    if not self.wait(layer_in(layer, part), step):
+                        return
+                    t1 = time.perf_counter()
+                    self.attend(layer, lo, hi, tables[lo:hi], views.timings[layer])
+                    t2 = time.perf_counter()
+                    views.timings[layer, 0] += t1 - t0
+                    views.timings[layer, 2] += t2 - t1
+                    self.attention_s += t2 - t1
+                    ex.signal(layer_out(layer, part), step)
             self.steps += 1
             ex.signal(DONE, step)
 
-    def attend(self, layer, rows, lens, slots, tables, max_ctx, timing_row) -> None:
+    def attend(self, layer: int, lo: int, hi: int, tables: np.ndarray, timing_row) -> None:
+        """Rows [lo, hi) of this step: append their k/v into the tier and attend."""
         views = self.exchange.views
         k_cache, v_cache = self.kv[layer]
         q, k, v, out = (
-            a[:rows] for a in (views.q[layer], views.k[layer], views.v[layer], views.out[layer])
+            a[lo:hi] for a in (views.q[layer], views.k[layer], views.v[layer], views.out[layer])
         )
+        lens, slots = views.context_lens[lo:hi], views.slots[lo:hi]
+        rows, max_ctx = hi - lo, int(lens.max())
         path = self.chooser.choose(rows, max_ctx)
         t = time.perf_counter()
         if path == "ort" and self.ort is not None:

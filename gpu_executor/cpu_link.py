@@ -76,6 +76,7 @@ class CpuLink:
         self.timeout_s = timeout_s
         self.step = self.exchange.value(STEP)  # continue where a previous attach left off
         self.rows = 0
+        self.parts: list[tuple[int, int]] = []
         self.join_wait_s = 0.0
         self.copy_stream = None
         self.copy_done: list = []
@@ -86,7 +87,9 @@ class CpuLink:
             cudart.cudaHostRegister(mv.ctypes.data, mv.nbytes, 0)
 
     # -- per step -------------------------------------------------------------------
-    def begin(self, rows: CpuRows) -> None:
+    def begin(self, rows: CpuRows, split: int = 0) -> None:
+        """A new step. split > 0: the rows come in two parts per layer, [0, split) and
+        [split, n) (asymmetric pipelining); 0: one part."""
         n = len(rows.context_lens)
         if n > self.xl.max_rows:
             raise ValueError(f"{n} CPU rows exceed the exchange's {self.xl.max_rows}")
@@ -95,6 +98,8 @@ class CpuLink:
             raise ValueError(f"a CPU row holds {width} blocks, over {self.xl.max_blocks_per_seq}")
         v = self.exchange.views
         v.header[0], v.header[1] = n, width
+        v.header[2] = split if 0 < split < n else 0
+        self.parts = [(0, split), (split, n)] if 0 < split < n else [(0, n)]
         v.context_lens[:n] = rows.context_lens
         v.slots[:n] = rows.slots
         for i, t in enumerate(rows.block_tables):
@@ -104,30 +109,32 @@ class CpuLink:
         self.step += 1
         self.exchange.signal(STEP, self.step)
 
-    def send(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Ship this layer's CPU rows. Host tensors are copied and published at once; on
-        CUDA the copies are only enqueued, and `publish` (called after the GPU's own
-        attention is enqueued) waits for them and signals."""
-        n = self.rows
+    def send(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part: int = 0
+    ) -> None:
+        """Ship this layer's CPU rows (of one part). Host tensors are copied and published
+        at once; on CUDA the copies are only enqueued, and `publish` (called after the
+        GPU's own attention is enqueued) waits for them and signals."""
+        lo, hi = self.parts[part]
         if self.copy_stream is None:
-            self.q[layer][:n].copy_(q)
-            self.k[layer][:n].copy_(k)
-            self.v[layer][:n].copy_(v)
-            self.exchange.signal(layer_in(layer), self.step)
+            self.q[layer][lo:hi].copy_(q)
+            self.k[layer][lo:hi].copy_(k)
+            self.v[layer][lo:hi].copy_(v)
+            self.exchange.signal(layer_in(layer, part), self.step)
             return
         ready = torch.cuda.current_stream(self.device).record_event()
         with torch.cuda.stream(self.copy_stream):
             self.copy_stream.wait_event(ready)
-            self.q[layer][:n].copy_(q, non_blocking=True)
-            self.k[layer][:n].copy_(k, non_blocking=True)
-            self.v[layer][:n].copy_(v, non_blocking=True)
+            self.q[layer][lo:hi].copy_(q, non_blocking=True)
+            self.k[layer][lo:hi].copy_(k, non_blocking=True)
+            self.v[layer][lo:hi].copy_(v, non_blocking=True)
             self.copy_done.append(self.copy_stream.record_event())
 
-    def publish(self, layer: int) -> None:
+    def publish(self, layer: int, part: int = 0) -> None:
         if self.copy_stream is None:
             return  # already published by send
-        self.copy_done.pop().synchronize()  # only the D2H copies, not the GPU's work
-        self.exchange.signal(layer_in(layer), self.step)
+        self.copy_done.pop(0).synchronize()  # only the D2H copies, not the GPU's work
+        self.exchange.signal(layer_in(layer, part), self.step)
 
     def wait(self, counter: int, what: str) -> None:
         """Wait in slices, checking between them that the CPU executor still lives, so
@@ -142,11 +149,12 @@ class CpuLink:
                     f"the CPU executor did not answer {what} in {self.timeout_s:.0f} s"
                 )
 
-    def receive(self, layer: int, dtype: torch.dtype) -> torch.Tensor:
+    def receive(self, layer: int, dtype: torch.dtype, part: int = 0) -> torch.Tensor:
         t = time.perf_counter()
-        self.wait(layer_out(layer), f"layer {layer} of step {self.step}")
+        self.wait(layer_out(layer, part), f"layer {layer} of step {self.step}")
         self.join_wait_s += time.perf_counter() - t
-        out = self.out[layer][: self.rows]
+        lo, hi = self.parts[part]
+        out = self.out[layer][lo:hi]
         return out.to(self.device, dtype=dtype, non_blocking=self.copy_stream is not None)
 
     def finish(self) -> float:

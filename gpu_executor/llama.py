@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from gpu_executor.batch import PackedBatch
 from gpu_executor.cpu_link import CpuLink
+from gpu_executor.pipeline import pipelined_layers
 
 
 @dataclass(frozen=True)
@@ -149,45 +150,63 @@ class LlamaRunner:
         return cos[:, None, :], sin[:, None, :]
 
     @torch.inference_mode()
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        """Returns the logits of each sequence's last token, (S, vocab), in fp32."""
+    def forward(self, batch: PackedBatch, pipeline_rows: int = 0) -> torch.Tensor:
+        """Returns the logits of each sequence's last token, (S, vocab), in fp32.
+        pipeline_rows > 0 runs asymmetric pipelining with that many CPU rows in B1."""
         if self.cache is None:
             raise RuntimeError("KV cache not initialised: InitCache must come before Step")
-        s = self.shape
         cpu, link = batch.cpu, self.cpu_link
-        if cpu is not None:
-            if link is None:
-                raise RuntimeError("CPU-placed rows but no CPU tier is attached")
-            link.begin(cpu)
+        if cpu is not None and link is None:
+            raise RuntimeError("CPU-placed rows but no CPU tier is attached")
         cos, sin = self.rope(batch.positions)
         x = F.embedding(batch.input_ids, self.embed)
-        q_size, kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-        for li, lw in enumerate(self.layers):
-            h = rms_norm(x, lw.input_norm, s.rms_norm_eps)
-            qkv = h @ lw.qkv.T
-            q = qkv[:, :q_size].view(-1, s.num_heads, s.head_dim)
-            k = qkv[:, q_size : q_size + kv_size].view(-1, s.num_kv_heads, s.head_dim)
-            v = qkv[:, q_size + kv_size :].view(-1, s.num_kv_heads, s.head_dim)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
-            if cpu is None:
+        if cpu is None:
+            for li, lw in enumerate(self.layers):
+                q, k, v = self.qkv(lw, x, cos, sin)
                 self.write_kv(li, k, v, batch.slot_mapping)
-                att = self.attention(li, q, batch)
-            else:
+                x = self.post(lw, x, self.attention(li, q, batch))
+        elif pipeline_rows > 0:
+            assert link is not None
+            x = pipelined_layers(self, batch, x, cos, sin, link, pipeline_rows)
+        else:
+            assert link is not None
+            link.begin(cpu)
+            for li, lw in enumerate(self.layers):
                 # Asynchronous overlap: the CPU rows leave first, the GPU attends to its
                 # own rows meanwhile, and the join waits only before the O projection.
-                link.send(li, q[cpu.token_index], k[cpu.token_index], v[cpu.token_index])
+                q, k, v = self.qkv(lw, x, cos, sin)
+                ci = cpu.token_index
+                link.send(li, q[ci], k[ci], v[ci])
                 gi = batch.gpu_token_index
                 self.write_kv(li, k[gi], v[gi], batch.slot_mapping)
                 att = self.attention(li, q, batch)
                 link.publish(li)
-                att.index_copy_(0, cpu.token_index, link.receive(li, att.dtype))
-            x = x + att.reshape(-1, q_size) @ lw.o.T
-            h = rms_norm(x, lw.post_norm, s.rms_norm_eps)
-            gate, up = (h @ lw.gate_up.T).chunk(2, dim=-1)
-            x = x + (F.silu(gate) * up) @ lw.down.T
+                att.index_copy_(0, ci, link.receive(li, att.dtype))
+                x = self.post(lw, x, att)
         last = x.index_select(0, batch.last_token_index)
+        s = self.shape
         return (rms_norm(last, self.final_norm, s.rms_norm_eps) @ self.lm_head.T).float()
+
+    def qkv(
+        self, lw: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """pre(X): norm, fused QKV projection, RoPE."""
+        s = self.shape
+        q_size, kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        h = rms_norm(x, lw.input_norm, s.rms_norm_eps)
+        qkv = h @ lw.qkv.T
+        q = qkv[:, :q_size].view(-1, s.num_heads, s.head_dim)
+        k = qkv[:, q_size : q_size + kv_size].view(-1, s.num_kv_heads, s.head_dim)
+        v = qkv[:, q_size + kv_size :].view(-1, s.num_kv_heads, s.head_dim)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+
+    def post(self, lw: LayerWeights, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        """post(X): O projection, residual, norm, MLP, residual."""
+        s = self.shape
+        x = x + att.reshape(x.shape[0], -1) @ lw.o.T
+        h = rms_norm(x, lw.post_norm, s.rms_norm_eps)
+        gate, up = (h @ lw.gate_up.T).chunk(2, dim=-1)
+        return x + (F.silu(gate) * up) @ lw.down.T
 
     def write_kv(self, li: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
         assert self.cache is not None

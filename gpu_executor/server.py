@@ -112,7 +112,10 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
             batch = pack(seqs, cache.block_size, runner.device)
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        logits = runner.forward(batch)
+        pipelined = request.strategy == executor_pb2.STRATEGY_PIPELINE and batch.cpu is not None
+        if pipelined and request.pipeline_rows < 1:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "PIPELINE needs pipeline_rows >= 1")
+        logits = runner.forward(batch, request.pipeline_rows if pipelined else 0)
         sync(runner.device)
         cpu_attention_s = link.finish() if batch.cpu is not None else 0.0
         t1 = time.perf_counter()

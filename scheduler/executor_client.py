@@ -6,7 +6,14 @@ import grpc
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
 from scheduler.core import StepPlan
+from scheduler.policy import Strategy
 from scheduler.request import Tier
+
+STRATEGIES = {
+    Strategy.GPU_ONLY: executor_pb2.STRATEGY_GPU_ONLY,
+    Strategy.OVERLAP: executor_pb2.STRATEGY_OVERLAP,
+    Strategy.PIPELINE: executor_pb2.STRATEGY_PIPELINE,
+}
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 2**20),
@@ -37,6 +44,8 @@ def step_request(plan: StepPlan) -> executor_pb2.StepRequest:
         seqs=seqs,
         swap_out=[executor_pb2.BlockCopy(src=a, dst=b) for a, b in plan.swap_out],
         swap_in=[executor_pb2.BlockCopy(src=a, dst=b) for a, b in plan.swap_in],
+        strategy=STRATEGIES[plan.strategy],
+        pipeline_rows=plan.pipeline_rows,
     )
 
 

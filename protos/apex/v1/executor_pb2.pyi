@@ -11,8 +11,19 @@ class Tier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TIER_GPU: _ClassVar[Tier]
     TIER_CPU: _ClassVar[Tier]
+
+class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STRATEGY_UNSPECIFIED: _ClassVar[Strategy]
+    STRATEGY_GPU_ONLY: _ClassVar[Strategy]
+    STRATEGY_OVERLAP: _ClassVar[Strategy]
+    STRATEGY_PIPELINE: _ClassVar[Strategy]
 TIER_GPU: Tier
 TIER_CPU: Tier
+STRATEGY_UNSPECIFIED: Strategy
+STRATEGY_GPU_ONLY: Strategy
+STRATEGY_OVERLAP: Strategy
+STRATEGY_PIPELINE: Strategy
 
 class CpuExecutorInfo(_message.Message):
     __slots__ = ("threads", "paths", "tier_ready", "steps", "path_calls", "attention_s", "kv_dtype")
@@ -166,16 +177,20 @@ class SeqStep(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., start_pos: _Optional[int] = ..., block_table: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingSpec, _Mapping]] = ..., tier: _Optional[_Union[Tier, str]] = ...) -> None: ...
 
 class StepRequest(_message.Message):
-    __slots__ = ("step_id", "seqs", "swap_out", "swap_in")
+    __slots__ = ("step_id", "seqs", "swap_out", "swap_in", "strategy", "pipeline_rows")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     SEQS_FIELD_NUMBER: _ClassVar[int]
     SWAP_OUT_FIELD_NUMBER: _ClassVar[int]
     SWAP_IN_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_ROWS_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     seqs: _containers.RepeatedCompositeFieldContainer[SeqStep]
     swap_out: _containers.RepeatedCompositeFieldContainer[BlockCopy]
     swap_in: _containers.RepeatedCompositeFieldContainer[BlockCopy]
-    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SeqStep, _Mapping]]] = ..., swap_out: _Optional[_Iterable[_Union[BlockCopy, _Mapping]]] = ..., swap_in: _Optional[_Iterable[_Union[BlockCopy, _Mapping]]] = ...) -> None: ...
+    strategy: Strategy
+    pipeline_rows: int
+    def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SeqStep, _Mapping]]] = ..., swap_out: _Optional[_Iterable[_Union[BlockCopy, _Mapping]]] = ..., swap_in: _Optional[_Iterable[_Union[BlockCopy, _Mapping]]] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., pipeline_rows: _Optional[int] = ...) -> None: ...
 
 class StepTimings(_message.Message):
     __slots__ = ("total_s", "forward_s", "sample_s", "prefill_tokens", "decode_tokens", "cpu_rows", "swap_s", "cpu_attention_s", "cpu_join_wait_s")
