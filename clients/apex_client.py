@@ -145,6 +145,21 @@ class ApexClient:
         )
         return reply.found
 
+    def policy(self, name: str = "", tpot_slo_ms: float = 0.0) -> admin_pb2.PolicyInfo:
+        """Reads the policy; with a name, switches to it from the next iteration."""
+        return self.admin.Policy(
+            admin_pb2.PolicyRequest(name=name, tpot_slo_ms=tpot_slo_ms),
+            timeout=self.timeout,
+            metadata=self.metadata,
+        )
+
+    def trace(self, limit: int = 20) -> list[admin_pb2.IterationTrace]:
+        """The last iterations, newest first: strategy, rows, predicted and measured ms."""
+        reply = self.admin.Trace(
+            admin_pb2.TraceRequest(limit=limit), timeout=self.timeout, metadata=self.metadata
+        )
+        return list(reply.iterations)
+
     def admin_abort(self, request_id: str) -> bool:
         reply = self.admin.Abort(
             generation_pb2.AbortRequest(request_id=request_id),

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from clients import apexctl_policy
 from clients.apex_client import DEFAULT_ADDRESS, FINISH_REASONS, ApexClient
 from common.grpc_server import check_health
 
@@ -98,7 +99,7 @@ def print_status(st) -> None:
             f"{t.tier} KV       {t.blocks_used}/{t.blocks_total} blocks of {t.block_size} "
             f"tokens ({pct:.0f}%)"
         )
-    print(f"strategy     {st.strategy}")
+    print(f"policy       {st.policy}; last strategy {st.strategy}")
     print(
         f"throughput   {st.tokens_per_s:.1f} tokens/s over the last 10 s; "
         f"{st.generated_tokens} tokens in {st.iterations} iterations"
@@ -112,6 +113,8 @@ def print_status(st) -> None:
         f"predictor    {100 * st.predictor_mape:.1f}% mean abs. error on step time "
         f"({st.predictor_samples} iterations measured)"
     )
+    if st.profile:
+        print(f"profile      {st.profile}: {100 * st.profile_mape:.1f}% mean abs. error")
     print(f"uptime       {st.uptime_s:.0f} s")
 
 
@@ -152,8 +155,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Runs locally: the scheduler on a virtual clock over a profile (no daemon)."""
     from dataclasses import asdict
 
+    from scheduler.policy import POLICIES
     from scheduler.profile import Profile
-    from scheduler.simulator import POLICIES, WORKLOADS, simulate
+    from scheduler.simulator import WORKLOADS, simulate
 
     try:
         profile = Profile.load(args.profile)
@@ -166,7 +170,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         sys.exit(f"apexctl simulate: policies must be among {POLICIES}")
     results = [
         simulate(
-            profile, WORKLOADS[args.workload], pol, n=args.requests, rate=args.rate, seed=args.seed
+            profile,
+            WORKLOADS[args.workload],
+            pol,
+            n=args.requests,
+            rate=args.rate,
+            seed=args.seed,
+            tpot_slo_s=args.tpot_slo_ms / 1e3 or None,
         )
         for pol in policies
     ]
@@ -262,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a shipped profile (t4-llama2-7b, a10-llama3.1-8b) or a JSON path",
     )
     sim.add_argument("--workload", default="chat", help="chat, cot or neo")
-    sim.add_argument("--policies", default="gpu-only,overlap")
+    sim.add_argument("--policies", default="gpu-only,neo,apex")
+    sim.add_argument("--tpot-slo-ms", type=float, default=0.0, help="apex's bound (0: default)")
     sim.add_argument("--requests", type=int, default=200)
     sim.add_argument("--rate", type=float, default=8.0, help="Poisson arrivals per second")
     sim.add_argument("--seed", type=int, default=0)
@@ -270,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg = sub.add_parser("migrate", help="move a request's KV to the gpu or cpu tier")
     mg.add_argument("request_id")
     mg.add_argument("tier", choices=["gpu", "cpu"])
+    apexctl_policy.add_parsers(sub)
     return ap
 
 
@@ -281,6 +293,8 @@ COMMANDS = {
     "drain": cmd_drain,
     "health": cmd_health,
     "migrate": cmd_migrate,
+    "policy": apexctl_policy.cmd_policy,
+    "trace": apexctl_policy.cmd_trace,
 }
 
 

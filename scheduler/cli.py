@@ -37,6 +37,17 @@ def main(argv: list[str] | None = None) -> None:
         help="where decode attention runs (default auto: CPU when the GPU is full)",
     )
     srv.add_argument(
+        "--policy",
+        choices=["gpu-only", "neo", "apex"],
+        default="apex",
+        help="scheduling policy (default apex); switch live with `apexctl policy`",
+    )
+    srv.add_argument("--tpot-slo-ms", type=float, help="apex's TPOT bound")
+    srv.add_argument("--profile", help="cost-model profile: JSON path or shipped name")
+    srv.add_argument(
+        "--strategy", choices=["auto", "overlap", "pipeline"], help="force how CPU rows run"
+    )
+    srv.add_argument(
         "--cpu-kv-gb",
         type=float,
         default=1.0,
@@ -70,8 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     executor_args = ["--dtype", args.dtype, "--threads", str(args.threads)]
     if args.device:
         executor_args += ["--device", args.device]
-    scheduler_args: list[str] = ["--placement", args.placement]
+    scheduler_args: list[str] = ["--placement", args.placement, "--policy", args.policy]
     flags = (
+        "tpot_slo_ms",
+        "profile",
+        "strategy",
         "gpu_blocks",
         "gpu_kv_gb",
         "block_size",

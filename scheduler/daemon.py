@@ -21,12 +21,14 @@ from apex.v1 import (
 
 from common.grpc_server import add_health_and_reflection, set_serving, setup_logging
 from scheduler.auth import TokenAuthInterceptor
-from scheduler.config import ModelSpec, SchedulerConfig
+from scheduler.config import STRATEGIES, ModelSpec, SchedulerConfig
 from scheduler.core import Scheduler
 from scheduler.engine import Engine
 from scheduler.executor_client import CpuExecutorClient, GpuExecutorClient
 from scheduler.executors import Executors
 from scheduler.metrics import Metrics
+from scheduler.policy import POLICIES, Policy, make_policy
+from scheduler.profile import Profile
 from scheduler.service import AdminService, GenerationService
 from scheduler.tokenizer import TextTokenizer
 from scheduler.validation import Limits
@@ -66,6 +68,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where decode attention runs: gpu (CPU tier only for swapping), "
         "cpu (every request after prefill), auto (CPU when the GPU is full)",
     )
+    ap.add_argument(
+        "--policy",
+        default="apex",
+        choices=list(POLICIES),
+        help="gpu-only (vLLM-like), neo (pipelining, load-aware placement), apex "
+        "(per-iteration strategy and placement under a TPOT bound); switch live with "
+        "`apexctl policy`",
+    )
+    ap.add_argument(
+        "--tpot-slo-ms", type=float, default=0.0, help="apex's TPOT bound (0: from the profile)"
+    )
+    ap.add_argument(
+        "--strategy",
+        default="auto",
+        choices=list(STRATEGIES),
+        help="force how CPU rows run (tests, operations); auto: the policy decides",
+    )
+    ap.add_argument(
+        "--profile",
+        default="",
+        help="cost-model profile: a JSON path or a shipped profile's name (empty: none; "
+        "neo and apex then fall back to the fixed placement rule)",
+    )
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--max-model-len", type=int, default=0, help="0: the model's own")
     ap.add_argument("--max-num-seqs", type=int, default=256)
@@ -103,6 +128,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
+
+
+def load_policy(args: argparse.Namespace) -> tuple[Profile | None, Policy]:
+    cost = None
+    if args.profile:
+        try:
+            cost = Profile.load(args.profile)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"apex-scheduler: --profile {args.profile}: {e}") from e
+    if args.tpot_slo_ms < 0:
+        raise SystemExit("apex-scheduler: --tpot-slo-ms must be >= 0")
+    policy = make_policy(args.policy, cost, args.tpot_slo_ms / 1e3 or None)
+    if cost is None and args.policy != "gpu-only":
+        log.warning("no --profile: policy %s runs the fixed placement rule", args.policy)
+    log.info("policy: %s", policy.describe())
+    return cost, policy
 
 
 def gpu_blocks(args: argparse.Namespace, bytes_per_block: int, free_bytes: int) -> int:
@@ -218,6 +259,7 @@ async def serve(args: argparse.Namespace) -> None:
             max_queue=args.max_queue,
             num_cpu_blocks=cpu_blocks,
             placement=args.placement if cpu_blocks else "gpu",
+            strategy=args.strategy,
         )
     except ValueError as e:
         raise SystemExit(f"apex-scheduler: {e}") from e
@@ -235,9 +277,15 @@ async def serve(args: argparse.Namespace) -> None:
         config.placement,
     )
 
+    cost, policy = load_policy(args)
     metrics = Metrics()
     engine = Engine(
-        Scheduler(config, tokenizer.eos_token_ids), executors, tokenizer, observer=metrics
+        Scheduler(config, tokenizer.eos_token_ids, policy=policy),
+        executors,
+        tokenizer,
+        observer=metrics,
+        cost=cost,
+        profile_name=cost.name if cost is not None else "",
     )
     metrics.watch(engine)
     if args.metrics_port:

@@ -18,9 +18,11 @@ import grpc
 from scheduler.core import Scheduler, StepPlan
 from scheduler.executors import Executors
 from scheduler.metrics import EngineObserver
+from scheduler.policy import CostModel
 from scheduler.predictor import StepTimePredictor, features
 from scheduler.request import FinishReason, Request
 from scheduler.tokenizer import IncrementalDetokenizer, TextTokenizer
+from scheduler.trace import Trace
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ class EngineStats:
     rejected_requests: int = 0
     started: float = field(default_factory=time.monotonic)
     window: deque = field(default_factory=lambda: deque(maxlen=4096))  # (time, tokens)
-    last_strategy: str = "gpu-only"
+    last_strategy: str = "none"
     by_strategy: dict[str, int] = field(default_factory=dict)
     recoveries: int = 0
 
@@ -100,11 +102,16 @@ class Engine:
         step_timeout_s: float = 120.0,
         recovery_timeout_s: float = 120.0,
         observer: EngineObserver | None = None,
+        cost: CostModel | None = None,
+        profile_name: str = "",
     ) -> None:
         self.scheduler = scheduler
+        self.cost = cost  # the loaded profile: what neo and apex predict with
+        self.profile_name = profile_name
         self.executors = executors
         self.observer = observer or EngineObserver()
         self.predictor = StepTimePredictor()
+        self.trace = Trace()
         self.draining = False
         self.tokenizer = tokenizer
         self.streams: dict[str, RequestStream] = {}
@@ -164,6 +171,7 @@ class Engine:
                 reply = await self.executors.step(plan, timeout=self.step_timeout_s)
                 measured = time.monotonic() - t
                 self.predictor.observe(work, measured, predicted)
+                self.trace.record(plan, self.scheduler.policy.name, predicted, measured)
                 self.apply(plan, list(reply.next_tokens))
                 failures = 0
             except grpc.aio.AioRpcError as e:
@@ -206,7 +214,7 @@ class Engine:
         updated = self.scheduler.update(plan, tokens)
         now = time.monotonic()
         self.stats.iterations += 1
-        strategy = "async-overlap" if plan.num_cpu_rows else "gpu-only"
+        strategy = plan.strategy.value
         self.stats.last_strategy = strategy
         self.stats.by_strategy[strategy] = self.stats.by_strategy.get(strategy, 0) + 1
         self.stats.generated_tokens += len(updated)

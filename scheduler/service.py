@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -9,8 +10,11 @@ import grpc
 from apex.v1 import admin_pb2, admin_pb2_grpc, generation_pb2, generation_pb2_grpc
 
 from scheduler.engine import Draining, Engine, EngineError, OutputDelta, QueueFull, RequestStream
+from scheduler.policy import make_policy
 from scheduler.request import Status, Tier
 from scheduler.validation import InvalidRequest, Limits, build_request
+
+log = logging.getLogger(__name__)
 
 STATES = {
     Status.WAITING: admin_pb2.REQUEST_STATE_WAITING,
@@ -109,6 +113,16 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         return self.model_info
 
 
+def policy_info(e: Engine) -> admin_pb2.PolicyInfo:
+    p = e.scheduler.policy
+    return admin_pb2.PolicyInfo(
+        name=p.name,
+        tpot_slo_ms=getattr(p, "tpot_slo_s", 0.0) * 1e3,
+        profile=e.profile_name,
+        description=p.describe(),
+    )
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, engine: Engine, model: str, request_shutdown: Callable[[], None]) -> None:
         self.engine = engine
@@ -154,6 +168,49 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             executor_recoveries=st.recoveries,
             predictor_mape=e.predictor.mape(),
             predictor_samples=e.predictor.observed,
+            policy=s.policy.name,
+            profile_mape=e.trace.profile_mape(),
+            profile=e.profile_name,
+        )
+
+    async def Policy(self, request, context):
+        e, s = self.engine, self.engine.scheduler
+        if request.name:
+            if request.tpot_slo_ms < 0 or request.tpot_slo_ms != request.tpot_slo_ms:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tpot_slo_ms: must be >= 0")
+            keep = getattr(s.policy, "tpot_slo_s", None)
+            slo = request.tpot_slo_ms / 1e3 if request.tpot_slo_ms else keep
+            try:
+                policy = make_policy(request.name, e.cost, slo)
+            except ValueError as err:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"name: {err}")
+            s.set_policy(policy)
+            e.wake.set()
+            log.info("policy switched to %s", policy.describe())
+        return policy_info(e)
+
+    async def Trace(self, request, context):
+        if request.limit < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit: must be >= 0")
+        return admin_pb2.TraceResponse(
+            iterations=[
+                admin_pb2.IterationTrace(
+                    step_id=r.step_id,
+                    strategy=r.strategy,
+                    policy=r.policy,
+                    gpu_rows=r.gpu_rows,
+                    cpu_rows=r.cpu_rows,
+                    pipeline_rows=r.pipeline_rows,
+                    prefill_tokens=r.prefill_tokens,
+                    swap_out_blocks=r.swap_out_blocks,
+                    swap_in_blocks=r.swap_in_blocks,
+                    profile_predicted_ms=r.profile_predicted_s * 1e3,
+                    predicted_ms=r.predicted_s * 1e3,
+                    measured_ms=r.measured_s * 1e3,
+                    wall_time=r.wall_time,
+                )
+                for r in self.engine.trace.last(request.limit)
+            ]
         )
 
     async def ListRequests(self, request, context):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from apex.v1 import generation_pb2 as apex_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61pex/v1/admin.proto\x12\x07\x61pex.v1\x1a\x18\x61pex/v1/generation.proto\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\tin_flight\x18\x01 \x01(\x05\"C\n\x0eMigrateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1d\n\x04tier\x18\x02 \x01(\x0e\x32\x0f.apex.v1.KvTier\" \n\x0fMigrateResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"X\n\tTierUsage\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x14\n\x0c\x62locks_total\x18\x02 \x01(\x05\x12\x13\n\x0b\x62locks_used\x18\x03 \x01(\x05\x12\x12\n\nblock_size\x18\x04 \x01(\x05\"\xe1\x03\n\x0eStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\x05\x12\x13\n\x0bnum_running\x18\x03 \x01(\x05\x12!\n\x05tiers\x18\x04 \x03(\x0b\x32\x12.apex.v1.TierUsage\x12\x12\n\niterations\x18\x05 \x01(\x04\x12\x18\n\x10generated_tokens\x18\x06 \x01(\x04\x12\x13\n\x0bpreemptions\x18\x07 \x01(\x04\x12\x14\n\x0ctokens_per_s\x18\x08 \x01(\x01\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x10\n\x08strategy\x18\n \x01(\t\x12\x19\n\x11\x66inished_requests\x18\x0b \x01(\x04\x12\x19\n\x11rejected_requests\x18\x0c \x01(\x04\x12\x11\n\tmax_queue\x18\r \x01(\x05\x12\x11\n\tplacement\x18\x0e \x01(\t\x12\x11\n\tswap_outs\x18\x0f \x01(\x04\x12\x10\n\x08swap_ins\x18\x10 \x01(\x04\x12\x13\n\x0bnum_swapped\x18\x11 \x01(\x05\x12\x10\n\x08\x64raining\x18\x12 \x01(\x08\x12\x1b\n\x13\x65xecutor_recoveries\x18\x13 \x01(\x04\x12\x16\n\x0epredictor_mape\x18\x14 \x01(\x01\x12\x19\n\x11predictor_samples\x18\x15 \x01(\x04\"\x15\n\x13ListRequestsRequest\"\x88\x02\n\x0bRequestInfo\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.apex.v1.RequestState\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x15\n\routput_tokens\x18\x04 \x01(\x05\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x12\n\ngpu_blocks\x18\x06 \x01(\x05\x12\r\n\x05\x61ge_s\x18\x07 \x01(\x01\x12\x13\n\x0bpreemptions\x18\x08 \x01(\x05\x12\x1d\n\x04tier\x18\t \x01(\x0e\x32\x0f.apex.v1.KvTier\x12\x12\n\ncpu_blocks\x18\n \x01(\x05\x12\x12\n\nmigrations\x18\x0b \x01(\x05\">\n\x14ListRequestsResponse\x12&\n\x08requests\x18\x01 \x03(\x0b\x32\x14.apex.v1.RequestInfo*C\n\x06KvTier\x12\x17\n\x13KV_TIER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKV_TIER_GPU\x10\x01\x12\x0f\n\x0bKV_TIER_CPU\x10\x02*~\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_STATE_WAITING\x10\x01\x12\x19\n\x15REQUEST_STATE_RUNNING\x10\x02\x12\x19\n\x15REQUEST_STATE_SWAPPED\x10\x03\x32\xc0\x02\n\x05\x41\x64min\x12<\n\tGetStatus\x12\x16.apex.v1.StatusRequest\x1a\x17.apex.v1.StatusResponse\x12K\n\x0cListRequests\x12\x1c.apex.v1.ListRequestsRequest\x1a\x1d.apex.v1.ListRequestsResponse\x12\x36\n\x05\x41\x62ort\x12\x15.apex.v1.AbortRequest\x1a\x16.apex.v1.AbortResponse\x12<\n\x07Migrate\x12\x17.apex.v1.MigrateRequest\x1a\x18.apex.v1.MigrateResponse\x12\x36\n\x05\x44rain\x12\x15.apex.v1.DrainRequest\x1a\x16.apex.v1.DrainResponseB2Z0github.com/apex-serve/apex/gen/go/apex/v1;apexv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61pex/v1/admin.proto\x12\x07\x61pex.v1\x1a\x18\x61pex/v1/generation.proto\"2\n\rPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0btpot_slo_ms\x18\x02 \x01(\x01\"U\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0btpot_slo_ms\x18\x02 \x01(\x01\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\x1d\n\x0cTraceRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"\xa3\x02\n\x0eIterationTrace\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x10\n\x08gpu_rows\x18\x04 \x01(\x05\x12\x10\n\x08\x63pu_rows\x18\x05 \x01(\x05\x12\x15\n\rpipeline_rows\x18\x06 \x01(\x05\x12\x16\n\x0eprefill_tokens\x18\x07 \x01(\x05\x12\x17\n\x0fswap_out_blocks\x18\x08 \x01(\x05\x12\x16\n\x0eswap_in_blocks\x18\t \x01(\x05\x12\x1c\n\x14profile_predicted_ms\x18\n \x01(\x01\x12\x14\n\x0cpredicted_ms\x18\x0b \x01(\x01\x12\x13\n\x0bmeasured_ms\x18\x0c \x01(\x01\x12\x11\n\twall_time\x18\r \x01(\x01\"<\n\rTraceResponse\x12+\n\niterations\x18\x01 \x03(\x0b\x32\x17.apex.v1.IterationTrace\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\tin_flight\x18\x01 \x01(\x05\"C\n\x0eMigrateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1d\n\x04tier\x18\x02 \x01(\x0e\x32\x0f.apex.v1.KvTier\" \n\x0fMigrateResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"X\n\tTierUsage\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x14\n\x0c\x62locks_total\x18\x02 \x01(\x05\x12\x13\n\x0b\x62locks_used\x18\x03 \x01(\x05\x12\x12\n\nblock_size\x18\x04 \x01(\x05\"\x98\x04\n\x0eStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\x05\x12\x13\n\x0bnum_running\x18\x03 \x01(\x05\x12!\n\x05tiers\x18\x04 \x03(\x0b\x32\x12.apex.v1.TierUsage\x12\x12\n\niterations\x18\x05 \x01(\x04\x12\x18\n\x10generated_tokens\x18\x06 \x01(\x04\x12\x13\n\x0bpreemptions\x18\x07 \x01(\x04\x12\x14\n\x0ctokens_per_s\x18\x08 \x01(\x01\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x10\n\x08strategy\x18\n \x01(\t\x12\x19\n\x11\x66inished_requests\x18\x0b \x01(\x04\x12\x19\n\x11rejected_requests\x18\x0c \x01(\x04\x12\x11\n\tmax_queue\x18\r \x01(\x05\x12\x11\n\tplacement\x18\x0e \x01(\t\x12\x11\n\tswap_outs\x18\x0f \x01(\x04\x12\x10\n\x08swap_ins\x18\x10 \x01(\x04\x12\x13\n\x0bnum_swapped\x18\x11 \x01(\x05\x12\x10\n\x08\x64raining\x18\x12 \x01(\x08\x12\x1b\n\x13\x65xecutor_recoveries\x18\x13 \x01(\x04\x12\x16\n\x0epredictor_mape\x18\x14 \x01(\x01\x12\x19\n\x11predictor_samples\x18\x15 \x01(\x04\x12\x0e\n\x06policy\x18\x16 \x01(\t\x12\x14\n\x0cprofile_mape\x18\x17 \x01(\x01\x12\x0f\n\x07profile\x18\x18 \x01(\t\"\x15\n\x13ListRequestsRequest\"\x88\x02\n\x0bRequestInfo\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.apex.v1.RequestState\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x15\n\routput_tokens\x18\x04 \x01(\x05\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x12\n\ngpu_blocks\x18\x06 \x01(\x05\x12\r\n\x05\x61ge_s\x18\x07 \x01(\x01\x12\x13\n\x0bpreemptions\x18\x08 \x01(\x05\x12\x1d\n\x04tier\x18\t \x01(\x0e\x32\x0f.apex.v1.KvTier\x12\x12\n\ncpu_blocks\x18\n \x01(\x05\x12\x12\n\nmigrations\x18\x0b \x01(\x05\">\n\x14ListRequestsResponse\x12&\n\x08requests\x18\x01 \x03(\x0b\x32\x14.apex.v1.RequestInfo*C\n\x06KvTier\x12\x17\n\x13KV_TIER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKV_TIER_GPU\x10\x01\x12\x0f\n\x0bKV_TIER_CPU\x10\x02*~\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_STATE_WAITING\x10\x01\x12\x19\n\x15REQUEST_STATE_RUNNING\x10\x02\x12\x19\n\x15REQUEST_STATE_SWAPPED\x10\x03\x32\xaf\x03\n\x05\x41\x64min\x12<\n\tGetStatus\x12\x16.apex.v1.StatusRequest\x1a\x17.apex.v1.StatusResponse\x12K\n\x0cListRequests\x12\x1c.apex.v1.ListRequestsRequest\x1a\x1d.apex.v1.ListRequestsResponse\x12\x36\n\x05\x41\x62ort\x12\x15.apex.v1.AbortRequest\x1a\x16.apex.v1.AbortResponse\x12<\n\x07Migrate\x12\x17.apex.v1.MigrateRequest\x1a\x18.apex.v1.MigrateResponse\x12\x36\n\x05\x44rain\x12\x15.apex.v1.DrainRequest\x1a\x16.apex.v1.DrainResponse\x12\x35\n\x06Policy\x12\x16.apex.v1.PolicyRequest\x1a\x13.apex.v1.PolicyInfo\x12\x36\n\x05Trace\x12\x15.apex.v1.TraceRequest\x1a\x16.apex.v1.TraceResponseB2Z0github.com/apex-serve/apex/gen/go/apex/v1;apexv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,30 +33,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apex.v1.admin_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z0github.com/apex-serve/apex/gen/go/apex/v1;apexv1'
-  _globals['_KVTIER']._serialized_start=1158
-  _globals['_KVTIER']._serialized_end=1225
-  _globals['_REQUESTSTATE']._serialized_start=1227
-  _globals['_REQUESTSTATE']._serialized_end=1353
-  _globals['_DRAINREQUEST']._serialized_start=58
-  _globals['_DRAINREQUEST']._serialized_end=72
-  _globals['_DRAINRESPONSE']._serialized_start=74
-  _globals['_DRAINRESPONSE']._serialized_end=108
-  _globals['_MIGRATEREQUEST']._serialized_start=110
-  _globals['_MIGRATEREQUEST']._serialized_end=177
-  _globals['_MIGRATERESPONSE']._serialized_start=179
-  _globals['_MIGRATERESPONSE']._serialized_end=211
-  _globals['_STATUSREQUEST']._serialized_start=213
-  _globals['_STATUSREQUEST']._serialized_end=228
-  _globals['_TIERUSAGE']._serialized_start=230
-  _globals['_TIERUSAGE']._serialized_end=318
-  _globals['_STATUSRESPONSE']._serialized_start=321
-  _globals['_STATUSRESPONSE']._serialized_end=802
-  _globals['_LISTREQUESTSREQUEST']._serialized_start=804
-  _globals['_LISTREQUESTSREQUEST']._serialized_end=825
-  _globals['_REQUESTINFO']._serialized_start=828
-  _globals['_REQUESTINFO']._serialized_end=1092
-  _globals['_LISTREQUESTSRESPONSE']._serialized_start=1094
-  _globals['_LISTREQUESTSRESPONSE']._serialized_end=1156
-  _globals['_ADMIN']._serialized_start=1356
-  _globals['_ADMIN']._serialized_end=1676
+  _globals['_KVTIER']._serialized_start=1739
+  _globals['_KVTIER']._serialized_end=1806
+  _globals['_REQUESTSTATE']._serialized_start=1808
+  _globals['_REQUESTSTATE']._serialized_end=1934
+  _globals['_POLICYREQUEST']._serialized_start=58
+  _globals['_POLICYREQUEST']._serialized_end=108
+  _globals['_POLICYINFO']._serialized_start=110
+  _globals['_POLICYINFO']._serialized_end=195
+  _globals['_TRACEREQUEST']._serialized_start=197
+  _globals['_TRACEREQUEST']._serialized_end=226
+  _globals['_ITERATIONTRACE']._serialized_start=229
+  _globals['_ITERATIONTRACE']._serialized_end=520
+  _globals['_TRACERESPONSE']._serialized_start=522
+  _globals['_TRACERESPONSE']._serialized_end=582
+  _globals['_DRAINREQUEST']._serialized_start=584
+  _globals['_DRAINREQUEST']._serialized_end=598
+  _globals['_DRAINRESPONSE']._serialized_start=600
+  _globals['_DRAINRESPONSE']._serialized_end=634
+  _globals['_MIGRATEREQUEST']._serialized_start=636
+  _globals['_MIGRATEREQUEST']._serialized_end=703
+  _globals['_MIGRATERESPONSE']._serialized_start=705
+  _globals['_MIGRATERESPONSE']._serialized_end=737
+  _globals['_STATUSREQUEST']._serialized_start=739
+  _globals['_STATUSREQUEST']._serialized_end=754
+  _globals['_TIERUSAGE']._serialized_start=756
+  _globals['_TIERUSAGE']._serialized_end=844
+  _globals['_STATUSRESPONSE']._serialized_start=847
+  _globals['_STATUSRESPONSE']._serialized_end=1383
+  _globals['_LISTREQUESTSREQUEST']._serialized_start=1385
+  _globals['_LISTREQUESTSREQUEST']._serialized_end=1406
+  _globals['_REQUESTINFO']._serialized_start=1409
+  _globals['_REQUESTINFO']._serialized_end=1673
+  _globals['_LISTREQUESTSRESPONSE']._serialized_start=1675
+  _globals['_LISTREQUESTSRESPONSE']._serialized_end=1737
+  _globals['_ADMIN']._serialized_start=1937
+  _globals['_ADMIN']._serialized_end=2368
 # @@protoc_insertion_point(module_scope)

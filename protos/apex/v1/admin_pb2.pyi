@@ -28,6 +28,68 @@ REQUEST_STATE_WAITING: RequestState
 REQUEST_STATE_RUNNING: RequestState
 REQUEST_STATE_SWAPPED: RequestState
 
+class PolicyRequest(_message.Message):
+    __slots__ = ("name", "tpot_slo_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TPOT_SLO_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tpot_slo_ms: float
+    def __init__(self, name: _Optional[str] = ..., tpot_slo_ms: _Optional[float] = ...) -> None: ...
+
+class PolicyInfo(_message.Message):
+    __slots__ = ("name", "tpot_slo_ms", "profile", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TPOT_SLO_MS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tpot_slo_ms: float
+    profile: str
+    description: str
+    def __init__(self, name: _Optional[str] = ..., tpot_slo_ms: _Optional[float] = ..., profile: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class TraceRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class IterationTrace(_message.Message):
+    __slots__ = ("step_id", "strategy", "policy", "gpu_rows", "cpu_rows", "pipeline_rows", "prefill_tokens", "swap_out_blocks", "swap_in_blocks", "profile_predicted_ms", "predicted_ms", "measured_ms", "wall_time")
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    GPU_ROWS_FIELD_NUMBER: _ClassVar[int]
+    CPU_ROWS_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SWAP_OUT_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    SWAP_IN_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_MS_FIELD_NUMBER: _ClassVar[int]
+    WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    step_id: int
+    strategy: str
+    policy: str
+    gpu_rows: int
+    cpu_rows: int
+    pipeline_rows: int
+    prefill_tokens: int
+    swap_out_blocks: int
+    swap_in_blocks: int
+    profile_predicted_ms: float
+    predicted_ms: float
+    measured_ms: float
+    wall_time: float
+    def __init__(self, step_id: _Optional[int] = ..., strategy: _Optional[str] = ..., policy: _Optional[str] = ..., gpu_rows: _Optional[int] = ..., cpu_rows: _Optional[int] = ..., pipeline_rows: _Optional[int] = ..., prefill_tokens: _Optional[int] = ..., swap_out_blocks: _Optional[int] = ..., swap_in_blocks: _Optional[int] = ..., profile_predicted_ms: _Optional[float] = ..., predicted_ms: _Optional[float] = ..., measured_ms: _Optional[float] = ..., wall_time: _Optional[float] = ...) -> None: ...
+
+class TraceResponse(_message.Message):
+    __slots__ = ("iterations",)
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    iterations: _containers.RepeatedCompositeFieldContainer[IterationTrace]
+    def __init__(self, iterations: _Optional[_Iterable[_Union[IterationTrace, _Mapping]]] = ...) -> None: ...
+
 class DrainRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -69,7 +131,7 @@ class TierUsage(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., blocks_total: _Optional[int] = ..., blocks_used: _Optional[int] = ..., block_size: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("model", "num_waiting", "num_running", "tiers", "iterations", "generated_tokens", "preemptions", "tokens_per_s", "uptime_s", "strategy", "finished_requests", "rejected_requests", "max_queue", "placement", "swap_outs", "swap_ins", "num_swapped", "draining", "executor_recoveries", "predictor_mape", "predictor_samples")
+    __slots__ = ("model", "num_waiting", "num_running", "tiers", "iterations", "generated_tokens", "preemptions", "tokens_per_s", "uptime_s", "strategy", "finished_requests", "rejected_requests", "max_queue", "placement", "swap_outs", "swap_ins", "num_swapped", "draining", "executor_recoveries", "predictor_mape", "predictor_samples", "policy", "profile_mape", "profile")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +153,9 @@ class StatusResponse(_message.Message):
     EXECUTOR_RECOVERIES_FIELD_NUMBER: _ClassVar[int]
     PREDICTOR_MAPE_FIELD_NUMBER: _ClassVar[int]
     PREDICTOR_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_MAPE_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_waiting: int
     num_running: int
@@ -112,7 +177,10 @@ class StatusResponse(_message.Message):
     executor_recoveries: int
     predictor_mape: float
     predictor_samples: int
-    def __init__(self, model: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ..., iterations: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., preemptions: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., strategy: _Optional[str] = ..., finished_requests: _Optional[int] = ..., rejected_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., placement: _Optional[str] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., num_swapped: _Optional[int] = ..., draining: _Optional[bool] = ..., executor_recoveries: _Optional[int] = ..., predictor_mape: _Optional[float] = ..., predictor_samples: _Optional[int] = ...) -> None: ...
+    policy: str
+    profile_mape: float
+    profile: str
+    def __init__(self, model: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ..., iterations: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., preemptions: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., strategy: _Optional[str] = ..., finished_requests: _Optional[int] = ..., rejected_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., placement: _Optional[str] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., num_swapped: _Optional[int] = ..., draining: _Optional[bool] = ..., executor_recoveries: _Optional[int] = ..., predictor_mape: _Optional[float] = ..., predictor_samples: _Optional[int] = ..., policy: _Optional[str] = ..., profile_mape: _Optional[float] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class ListRequestsRequest(_message.Message):
     __slots__ = ()

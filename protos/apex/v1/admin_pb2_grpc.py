@@ -60,6 +60,16 @@ class AdminStub:
                 request_serializer=apex_dot_v1_dot_admin__pb2.DrainRequest.SerializeToString,
                 response_deserializer=apex_dot_v1_dot_admin__pb2.DrainResponse.FromString,
                 _registered_method=True)
+        self.Policy = channel.unary_unary(
+                '/apex.v1.Admin/Policy',
+                request_serializer=apex_dot_v1_dot_admin__pb2.PolicyRequest.SerializeToString,
+                response_deserializer=apex_dot_v1_dot_admin__pb2.PolicyInfo.FromString,
+                _registered_method=True)
+        self.Trace = channel.unary_unary(
+                '/apex.v1.Admin/Trace',
+                request_serializer=apex_dot_v1_dot_admin__pb2.TraceRequest.SerializeToString,
+                response_deserializer=apex_dot_v1_dot_admin__pb2.TraceResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -99,6 +109,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Policy(self, request, context):
+        """Reads the policy, or switches it live (from the next iteration) when name is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Trace(self, request, context):
+        """The last iteration plans: strategy, placement counts, predicted and measured time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +150,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=apex_dot_v1_dot_admin__pb2.DrainRequest.FromString,
                     response_serializer=apex_dot_v1_dot_admin__pb2.DrainResponse.SerializeToString,
+            ),
+            'Policy': grpc.unary_unary_rpc_method_handler(
+                    servicer.Policy,
+                    request_deserializer=apex_dot_v1_dot_admin__pb2.PolicyRequest.FromString,
+                    response_serializer=apex_dot_v1_dot_admin__pb2.PolicyInfo.SerializeToString,
+            ),
+            'Trace': grpc.unary_unary_rpc_method_handler(
+                    servicer.Trace,
+                    request_deserializer=apex_dot_v1_dot_admin__pb2.TraceRequest.FromString,
+                    response_serializer=apex_dot_v1_dot_admin__pb2.TraceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +297,60 @@ class Admin:
             '/apex.v1.Admin/Drain',
             apex_dot_v1_dot_admin__pb2.DrainRequest.SerializeToString,
             apex_dot_v1_dot_admin__pb2.DrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Policy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apex.v1.Admin/Policy',
+            apex_dot_v1_dot_admin__pb2.PolicyRequest.SerializeToString,
+            apex_dot_v1_dot_admin__pb2.PolicyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Trace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apex.v1.Admin/Trace',
+            apex_dot_v1_dot_admin__pb2.TraceRequest.SerializeToString,
+            apex_dot_v1_dot_admin__pb2.TraceResponse.FromString,
             options,
             channel_credentials,
             insecure,
