@@ -1,0 +1,86 @@
+"""Policies on the running stack: switched live with apexctl, every decision in the
+trace, and greedy output equal to transformers' under each of them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import grpc
+import pytest
+from apex.v1 import admin_pb2
+
+from tests.stack import running_stack
+from tests.test_cli import BIN, run
+from tests.test_exactness import (
+    PREEMPT_OUTPUT_LENGTHS,
+    PREEMPT_PROMPT_LENGTHS,
+    assert_matches_hf,
+    make_prompts,
+    run_concurrently,
+)
+
+ARGS = [
+    "--gpu-blocks",
+    "24",
+    "--max-model-len",
+    "384",
+    "--cpu-blocks",
+    "200",
+    "--policy",
+    "gpu-only",
+    "--profile",
+    "t4-llama2-7b",  # foreign to this machine, but it drives the same decisions
+]
+
+
+def apexctl(stack, *args: str):
+    return run(str(BIN / "apexctl"), "--address", stack.address, *args)
+
+
+def test_switching_policies_live_keeps_greedy_exact(models, tmp_path):
+    model = models["tiny-gqa"]
+    with running_stack(model, tmp_path, scheduler_args=ARGS, cpu_executor_args=[]) as stack:
+        with stack.client() as c:
+            vocab = c.model_info().vocab_size
+            assert c.policy().name == "gpu-only" and c.policy().profile == "t4-llama2-7b-fp16-spec"
+        seen: dict[str, set[str]] = {}
+        for i, (name, extra) in enumerate(
+            [("gpu-only", []), ("neo", []), ("apex", ["--tpot-slo-ms", "1000"])]
+        ):
+            r = apexctl(stack, "policy", name, *extra)
+            assert r.returncode == 0 and f"switched to {name}" in r.stdout, r.stderr
+            prompts = make_prompts(vocab, seed=20 + i, lengths=PREEMPT_PROMPT_LENGTHS)
+            results = run_concurrently(
+                stack, prompts, stagger_s=0.005, output_lengths=PREEMPT_OUTPUT_LENGTHS
+            )
+            assert_matches_hf(model, prompts, results, PREEMPT_OUTPUT_LENGTHS)
+            r = apexctl(stack, "trace", "--limit", "0", "--json")
+            assert r.returncode == 0, r.stderr
+            trace = [t for t in json.loads(r.stdout) if t["policy"] == name]
+            assert trace, f"no iteration recorded under {name}"
+            seen[name] = {t["strategy"] for t in trace}
+            for t in trace:
+                assert t["measured_ms"] > 0 and math.isfinite(t["profile_predicted_ms"])
+        assert seen["gpu-only"] == {"gpu-only"}
+        assert "pipeline" in seen["neo"] and "overlap" not in seen["neo"]
+        assert seen["apex"] & {"overlap", "pipeline"}
+        r = apexctl(stack, "policy")
+        assert "apex (TPOT bound 1000.0 ms)" in r.stdout
+        r = apexctl(stack, "status")
+        assert "policy       apex" in r.stdout and "t4-llama2-7b-fp16-spec" in r.stdout
+
+
+def test_bad_policy_requests_name_the_problem(models, tmp_path):
+    with running_stack(models["tiny"], tmp_path, scheduler_args=ARGS, cpu_executor_args=[]) as s:
+        with s.client() as c:
+            with pytest.raises(grpc.RpcError) as e:
+                c.policy("fastest")
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "name:" in e.value.details() and "fastest" in e.value.details()
+            with pytest.raises(grpc.RpcError) as e:
+                c.admin.Trace(admin_pb2.TraceRequest(limit=-1))
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert c.policy().name == "gpu-only"  # nothing changed
+        r = apexctl(s, "policy", "--tpot-slo-ms", "50")
+        assert r.returncode != 0 and "needs a policy name" in r.stderr
