@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from clients import apexctl_policy
+from clients import apexctl_bench, apexctl_policy, apexctl_profile
 from clients.apex_client import DEFAULT_ADDRESS, FINISH_REASONS, ApexClient
 from common.grpc_server import check_health
 
@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("request_id")
     mg.add_argument("tier", choices=["gpu", "cpu"])
     apexctl_policy.add_parsers(sub)
+    apexctl_profile.add_parser(sub)
+    apexctl_bench.add_parser(sub)
     return ap
 
 
@@ -295,6 +297,8 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "policy": apexctl_policy.cmd_policy,
     "trace": apexctl_policy.cmd_trace,
+    "profile": apexctl_profile.cmd_profile,
+    "bench": apexctl_bench.cmd_bench,
 }
 
 

@@ -21,6 +21,7 @@ from cpu_executor.shm import SharedMemoryError
 from gpu_executor.batch import SeqInput, pack
 from gpu_executor.cpu_link import CpuExecutorLost, CpuLink
 from gpu_executor.llama import LlamaRunner
+from gpu_executor.probes import ProbeError, probe
 from gpu_executor.sampler import RowSampling, sample
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,21 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
             free_device_memory_bytes=free,
             weight_bytes=r.weight_bytes,
             cache_ready=r.cache is not None,
+            device_name=device_name(r.device),
         )
+
+    def Profile(self, request, context) -> executor_pb2.ProfileProbeResult:
+        p = request.probe
+        with self.lock:
+            try:
+                seconds, spread = probe(
+                    self.runner, p.kind, p.tokens, p.rows, p.context, p.bytes, p.repeats
+                )
+            except ProbeError as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            except CpuExecutorLost as e:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        return executor_pb2.ProfileProbeResult(seconds=seconds, spread=spread)
 
     def InitCache(self, request, context) -> executor_pb2.InitCacheResponse:
         if request.num_blocks < 1 or request.block_size < 1:
@@ -151,6 +166,20 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """What a profile is keyed by: the GPU's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return "cpu: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
 
 
 def default_device() -> str:

@@ -27,8 +27,9 @@ from scheduler.engine import Engine
 from scheduler.executor_client import CpuExecutorClient, GpuExecutorClient
 from scheduler.executors import Executors
 from scheduler.metrics import Metrics
-from scheduler.policy import POLICIES, Policy, make_policy
-from scheduler.profile import Profile
+from scheduler.policy import POLICIES, CostModel, Policy, make_policy
+from scheduler.profile import find_profile, load_profile, profile_key, user_profile_dir
+from scheduler.profiler import Profiler
 from scheduler.service import AdminService, GenerationService
 from scheduler.tokenizer import TextTokenizer
 from scheduler.validation import Limits
@@ -87,9 +88,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--profile",
-        default="",
-        help="cost-model profile: a JSON path or a shipped profile's name (empty: none; "
-        "neo and apex then fall back to the fixed placement rule)",
+        default="auto",
+        help="cost-model profile: auto (the newest measured for this model, dtype and "
+        "device), a JSON path, a shipped profile's name, or none; without one, neo and "
+        "apex fall back to the fixed placement rule",
     )
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--max-model-len", type=int, default=0, help="0: the model's own")
@@ -130,13 +132,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def load_policy(args: argparse.Namespace) -> tuple[Profile | None, Policy]:
+def load_policy(args: argparse.Namespace, key: str) -> tuple[CostModel | None, Policy]:
+    """--profile auto: the newest profile measured under this stack's key, if any."""
     cost = None
-    if args.profile:
+    source = args.profile
+    if source == "auto":
+        found = find_profile(key)
+        source = str(found) if found else ""
+        if not found:
+            log.warning(
+                "no profile measured for %s in %s: run `apexctl profile`", key, user_profile_dir()
+            )
+    if source and source != "none":
         try:
-            cost = Profile.load(args.profile)
+            cost = load_profile(source)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"apex-scheduler: --profile {args.profile}: {e}") from e
+            raise SystemExit(f"apex-scheduler: --profile {source}: {e}") from e
+        log.info("profile: %s (%s)", cost.name, source)
     if args.tpot_slo_ms < 0:
         raise SystemExit("apex-scheduler: --tpot-slo-ms must be >= 0")
     policy = make_policy(args.policy, cost, args.tpot_slo_ms / 1e3 or None)
@@ -277,7 +289,18 @@ async def serve(args: argparse.Namespace) -> None:
         config.placement,
     )
 
-    cost, policy = load_policy(args)
+    key = profile_key(
+        spec.num_layers,
+        info.hidden_size,
+        info.num_attention_heads,
+        spec.num_kv_heads,
+        spec.head_dim,
+        spec.vocab_size,
+        info.dtype,
+        info.device_name,
+        tier.kv_dtype if tier is not None else "",
+    )
+    cost, policy = load_policy(args, key)
     metrics = Metrics()
     engine = Engine(
         Scheduler(config, tokenizer.eos_token_ids, policy=policy),
@@ -286,6 +309,17 @@ async def serve(args: argparse.Namespace) -> None:
         observer=metrics,
         cost=cost,
         profile_name=cost.name if cost is not None else "",
+    )
+    engine.profiler = Profiler(
+        executors,
+        key,
+        spec.name,
+        info.device_name,
+        spec.num_layers,
+        max_tokens=config.max_num_batched_tokens,
+        max_context=max_len,
+        gpu_kv_capacity_tokens=num_blocks * args.block_size,
+        cpu_kv_capacity_tokens=cpu_blocks * args.block_size,
     )
     metrics.watch(engine)
     if args.metrics_port:

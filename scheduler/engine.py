@@ -18,8 +18,9 @@ import grpc
 from scheduler.core import Scheduler, StepPlan
 from scheduler.executors import Executors
 from scheduler.metrics import EngineObserver
-from scheduler.policy import CostModel
+from scheduler.policy import CostModel, make_policy
 from scheduler.predictor import StepTimePredictor, features
+from scheduler.profiler import Profiler
 from scheduler.request import FinishReason, Request
 from scheduler.tokenizer import IncrementalDetokenizer, TextTokenizer
 from scheduler.trace import Trace
@@ -108,6 +109,7 @@ class Engine:
         self.scheduler = scheduler
         self.cost = cost  # the loaded profile: what neo and apex predict with
         self.profile_name = profile_name
+        self.profiler: Profiler | None = None  # set by the daemon
         self.executors = executors
         self.observer = observer or EngineObserver()
         self.predictor = StepTimePredictor()
@@ -119,6 +121,8 @@ class Engine:
         self.step_timeout_s = step_timeout_s
         self.recovery_timeout_s = recovery_timeout_s
         self.wake = asyncio.Event()
+        self.hold = asyncio.Lock()  # taken by the profiler: no iteration runs meanwhile
+        self.stepping = False
         self.stopping = False
         self.task: asyncio.Task | None = None
 
@@ -159,6 +163,9 @@ class Engine:
     async def run(self) -> None:
         failures = 0  # consecutive failed steps
         while not self.stopping:
+            if self.hold.locked():  # the profiler has the executors
+                async with self.hold:
+                    continue
             plan = self.scheduler.schedule()
             if plan is None:
                 self.wake.clear()
@@ -167,6 +174,7 @@ class Engine:
             work = features(plan)
             predicted = self.predictor.predict(work)
             t = time.monotonic()
+            self.stepping = True
             try:
                 reply = await self.executors.step(plan, timeout=self.step_timeout_s)
                 measured = time.monotonic() - t
@@ -193,11 +201,27 @@ class Engine:
                 log.exception("engine iteration failed; ending the requests of this plan")
                 self.fail_plan(plan, grpc.StatusCode.INTERNAL, "internal error in the engine")
                 continue
+            finally:
+                self.stepping = False
             self.observer.on_step(
                 self.stats.last_strategy, measured, len(reply.next_tokens), predicted
             )
             await asyncio.sleep(0)  # let handlers stream and new requests arrive
         self.fail_all(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+
+    def use_profile(self, cost: CostModel) -> None:
+        """A new cost model: the policy is rebuilt on it, keeping its name and bound."""
+        self.cost = cost
+        self.profile_name = getattr(cost, "name", "")
+        p = self.scheduler.policy
+        self.scheduler.set_policy(make_policy(p.name, cost, getattr(p, "tpot_slo_s", None)))
+
+    async def held(self) -> bool:
+        """Called with `hold` taken: waits out the iteration in flight; True if no
+        request holds KV (the profiler's probes write into free cache blocks)."""
+        while self.stepping:
+            await asyncio.sleep(0.005)
+        return not (self.scheduler.running or self.scheduler.swapped)
 
     def fail_plan(self, plan: StepPlan, code: grpc.StatusCode, message: str) -> None:
         for seq in plan.seqs:

@@ -54,7 +54,7 @@ class CostModel(Protocol):
 
     def linear_s(self, tokens: int) -> float: ...
 
-    def gatt_s(self, context_tokens: float) -> float: ...
+    def gatt_s(self, context_tokens: float, rows: int = 1) -> float: ...
 
     def catt_s(self, rows: int, context_tokens: float) -> float: ...
 
@@ -69,13 +69,20 @@ class Work:
     rows: int  # sequences (each yields one token)
     gpu_context: float  # context tokens attended on the GPU (a prefill: n x mean context)
     cpu_context: tuple[float, ...]  # per CPU row, in plan order
+    gpu_rows: int = 1  # rows (query tokens) attending on the GPU
 
     def plus_cpu_row(self, context: float) -> Work:
-        return Work(self.tokens + 1, self.rows + 1, self.gpu_context, (*self.cpu_context, context))
+        return Work(
+            self.tokens + 1,
+            self.rows + 1,
+            self.gpu_context,
+            (*self.cpu_context, context),
+            self.gpu_rows,
+        )
 
 
 def work_of(seqs: list[SeqPlan]) -> Work:
-    tokens, gctx, cctx = 0, 0.0, []
+    tokens, gctx, cctx, grows = 0, 0.0, [], 0
     for s in seqs:
         n = len(s.token_ids)
         ctx = s.start_pos + n
@@ -84,7 +91,8 @@ def work_of(seqs: list[SeqPlan]) -> Work:
             cctx.append(float(ctx))
         else:
             gctx += ctx if n == 1 else n * (s.start_pos + ctx) / 2
-    return Work(tokens, len(seqs), gctx, tuple(cctx))
+            grows += n
+    return Work(tokens, len(seqs), gctx, tuple(cctx), grows)
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,9 @@ def iteration_s(cost: CostModel, layer_s: float) -> float:
 
 def overlap_s(cost: CostModel, w: Work) -> float:
     c = cost.catt_s(len(w.cpu_context), sum(w.cpu_context))
-    return iteration_s(cost, cost.linear_s(w.tokens) + max(cost.gatt_s(w.gpu_context), c))
+    return iteration_s(
+        cost, cost.linear_s(w.tokens) + max(cost.gatt_s(w.gpu_context, w.gpu_rows), c)
+    )
 
 
 def pipeline_layer_s(cost: CostModel, w: Work, k: int, gatt: float, c1: float, c0: float):
@@ -114,7 +124,7 @@ def pipeline_layer_s(cost: CostModel, w: Work, k: int, gatt: float, c1: float, c
 
 def pipeline_s(cost: CostModel, w: Work, k: int | None = None) -> tuple[float, int]:
     """Iteration time with B1 = the first k CPU rows; k=None searches the best split."""
-    gatt = cost.gatt_s(w.gpu_context)
+    gatt = cost.gatt_s(w.gpu_context, w.gpu_rows)
     ctx = w.cpu_context
     prefix = [0.0]
     for c in ctx:
@@ -141,7 +151,7 @@ def plan_s(cost: CostModel, seqs: list[SeqPlan], strategy: Strategy, k: int) -> 
 
 def best_decision(cost: CostModel, w: Work, allowed: tuple[Strategy, ...]) -> Decision:
     if not w.cpu_context:
-        t = iteration_s(cost, cost.linear_s(w.tokens) + cost.gatt_s(w.gpu_context))
+        t = iteration_s(cost, cost.linear_s(w.tokens) + cost.gatt_s(w.gpu_context, w.gpu_rows))
         return Decision(Strategy.GPU_ONLY, 0, t)
     options: list[Decision] = []
     if Strategy.OVERLAP in allowed:
@@ -243,7 +253,7 @@ class CostedPolicy(Policy):
                 cctx.append(expected_context(r))
             else:
                 gctx += expected_context(r)
-        return Work(rows, rows, gctx, tuple(cctx))
+        return Work(rows, rows, gctx, tuple(cctx), rows - len(cctx))
 
 
 class NeoPolicy(CostedPolicy):
@@ -256,7 +266,7 @@ class NeoPolicy(CostedPolicy):
         if sched.cpu is None:
             return None
         w = self.cpu_work(sched, admitted).plus_cpu_row(expected_context(req))
-        gatt = self.cost.gatt_s(w.gpu_context)
+        gatt = self.cost.gatt_s(w.gpu_context, w.gpu_rows)
         gpu_busy = 2 * self.cost.linear_s(max(1, w.tokens // 2)) + gatt
         cpu = self.cost.catt_s(len(w.cpu_context), sum(w.cpu_context))
         return Tier.CPU if cpu <= gpu_busy else None  # the CPU must stay hidden

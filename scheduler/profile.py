@@ -20,10 +20,12 @@ policies' predictions.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.core import StepPlan
+from scheduler.measured_profile import MeasuredProfile
 from scheduler.policy import plan_s
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -64,7 +66,7 @@ class Profile:
         compute = 2 * self.layer_params * tokens / self.gpu_flops
         return max(memory, compute) + self.layer_overhead_s
 
-    def gatt_s(self, context_tokens: float) -> float:
+    def gatt_s(self, context_tokens: float, rows: int = 1) -> float:
         return context_tokens * self.kv_bytes_per_token_layer / self.gpu_bandwidth
 
     def head_s(self) -> float:
@@ -81,3 +83,52 @@ class Profile:
 def step_time(profile: Profile, plan: StepPlan) -> float:
     """The model's iteration time for the plan, run with the strategy the plan names."""
     return plan_s(profile, plan.seqs, plan.strategy, plan.pipeline_rows)
+
+
+def user_profile_dir() -> Path:
+    """Where `apexctl profile` saves measured profiles and the daemon looks for them."""
+    return Path(os.environ.get("APEX_PROFILE_DIR") or Path.home() / ".cache" / "apex" / "profiles")
+
+
+def profile_key(
+    num_layers: int,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    vocab: int,
+    dtype: str,
+    device_name: str,
+    cpu_kv_dtype: str,
+) -> str:
+    """Model shape, dtype and device: a profile measured under one key predicts nothing
+    under another."""
+    shape = f"L{num_layers}-H{hidden}-A{heads}-KV{kv_heads}-D{head_dim}-V{vocab}"
+    return f"{shape}/{dtype}/{device_name}/cpu-kv:{cpu_kv_dtype or 'none'}"
+
+
+def load_profile(path: str | Path) -> Profile | MeasuredProfile:
+    """A spec-derived or a measured profile, by path or by shipped name."""
+    p = Path(path)
+    if not p.is_file():
+        p = PROFILE_DIR / f"{path}.json"
+    if not p.is_file():
+        raise ValueError(f"no profile file {path} (nor {p})")
+    data = json.loads(p.read_text())
+    if data.get("kind") == "measured":
+        return MeasuredProfile.from_dict(data)
+    return Profile.load(p)
+
+
+def find_profile(key: str) -> Path | None:
+    """The newest profile measured under this key, in the user's profile folder."""
+    folder = user_profile_dir()
+    found = []
+    for p in folder.glob("*.json") if folder.is_dir() else []:
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("key") == key:
+            found.append((data.get("measured_at", ""), p))
+    return max(found)[1] if found else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -10,6 +11,7 @@ import grpc
 from apex.v1 import admin_pb2, admin_pb2_grpc, generation_pb2, generation_pb2_grpc
 
 from scheduler.engine import Draining, Engine, EngineError, OutputDelta, QueueFull, RequestStream
+from scheduler.measured_profile import MeasuredProfile
 from scheduler.policy import make_policy
 from scheduler.request import Status, Tier
 from scheduler.validation import InvalidRequest, Limits, build_request
@@ -188,6 +190,33 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             e.wake.set()
             log.info("policy switched to %s", policy.describe())
         return policy_info(e)
+
+    async def Profile(self, request, context):
+        e, s = self.engine, self.engine.scheduler
+        if e.profiler is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no profiler configured")
+        if e.hold.locked():
+            await context.abort(grpc.StatusCode.ABORTED, "a profile is already being measured")
+        async with e.hold:
+            if not await e.held():
+                n = len(s.running) + len(s.swapped)
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"the profiler needs an idle server, but {n} requests hold KV: "
+                    "wait for them (or drain) and run it again",
+                )
+            async for p in e.profiler.run(request.quick):
+                if p.profile is not None:
+                    e.use_profile(MeasuredProfile.from_dict(p.profile))
+                    log.info("measured and loaded profile %s (%s)", p.profile["name"], p.path)
+                yield admin_pb2.ProfileProgress(
+                    done=p.done,
+                    total=p.total,
+                    stage=p.stage,
+                    profile_json=json.dumps(p.profile) if p.profile else "",
+                    path=p.path,
+                )
+        e.wake.set()
 
     async def Trace(self, request, context):
         if request.limit < 0:

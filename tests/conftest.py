@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.stack import running_stack
+
+# Stacks look for measured profiles (--profile auto); a developer's own must not steer
+# the tests. Tests that measure one point this at their own folder.
+os.environ["APEX_PROFILE_DIR"] = tempfile.mkdtemp(prefix="apex-test-profiles-")
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,26 @@ REQUEST_STATE_WAITING: RequestState
 REQUEST_STATE_RUNNING: RequestState
 REQUEST_STATE_SWAPPED: RequestState
 
+class ProfileRequest(_message.Message):
+    __slots__ = ("quick",)
+    QUICK_FIELD_NUMBER: _ClassVar[int]
+    quick: bool
+    def __init__(self, quick: _Optional[bool] = ...) -> None: ...
+
+class ProfileProgress(_message.Message):
+    __slots__ = ("done", "total", "stage", "profile_json", "path")
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_JSON_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    done: int
+    total: int
+    stage: str
+    profile_json: str
+    path: str
+    def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., stage: _Optional[str] = ..., profile_json: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
 class PolicyRequest(_message.Message):
     __slots__ = ("name", "tpot_slo_ms")
     NAME_FIELD_NUMBER: _ClassVar[int]

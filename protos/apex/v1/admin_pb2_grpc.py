@@ -70,6 +70,11 @@ class AdminStub:
                 request_serializer=apex_dot_v1_dot_admin__pb2.TraceRequest.SerializeToString,
                 response_deserializer=apex_dot_v1_dot_admin__pb2.TraceResponse.FromString,
                 _registered_method=True)
+        self.Profile = channel.unary_stream(
+                '/apex.v1.Admin/Profile',
+                request_serializer=apex_dot_v1_dot_admin__pb2.ProfileRequest.SerializeToString,
+                response_deserializer=apex_dot_v1_dot_admin__pb2.ProfileProgress.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -123,6 +128,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Profile(self, request, context):
+        """Measures this machine's profile on the running stack (it must be idle; requests
+        that arrive meanwhile wait), saves it where the daemon looks at start, and loads it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +173,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Trace,
                     request_deserializer=apex_dot_v1_dot_admin__pb2.TraceRequest.FromString,
                     response_serializer=apex_dot_v1_dot_admin__pb2.TraceResponse.SerializeToString,
+            ),
+            'Profile': grpc.unary_stream_rpc_method_handler(
+                    servicer.Profile,
+                    request_deserializer=apex_dot_v1_dot_admin__pb2.ProfileRequest.FromString,
+                    response_serializer=apex_dot_v1_dot_admin__pb2.ProfileProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +369,33 @@ class Admin:
             '/apex.v1.Admin/Trace',
             apex_dot_v1_dot_admin__pb2.TraceRequest.SerializeToString,
             apex_dot_v1_dot_admin__pb2.TraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Profile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/apex.v1.Admin/Profile',
+            apex_dot_v1_dot_admin__pb2.ProfileRequest.SerializeToString,
+            apex_dot_v1_dot_admin__pb2.ProfileProgress.FromString,
             options,
             channel_credentials,
             insecure,

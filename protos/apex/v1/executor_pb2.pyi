@@ -25,6 +25,36 @@ STRATEGY_GPU_ONLY: Strategy
 STRATEGY_OVERLAP: Strategy
 STRATEGY_PIPELINE: Strategy
 
+class ProfileProbe(_message.Message):
+    __slots__ = ("kind", "tokens", "rows", "context", "bytes", "repeats")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPEATS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    tokens: int
+    rows: int
+    context: int
+    bytes: int
+    repeats: int
+    def __init__(self, kind: _Optional[str] = ..., tokens: _Optional[int] = ..., rows: _Optional[int] = ..., context: _Optional[int] = ..., bytes: _Optional[int] = ..., repeats: _Optional[int] = ...) -> None: ...
+
+class ProfileProbeRequest(_message.Message):
+    __slots__ = ("probe",)
+    PROBE_FIELD_NUMBER: _ClassVar[int]
+    probe: ProfileProbe
+    def __init__(self, probe: _Optional[_Union[ProfileProbe, _Mapping]] = ...) -> None: ...
+
+class ProfileProbeResult(_message.Message):
+    __slots__ = ("seconds", "spread")
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_FIELD_NUMBER: _ClassVar[int]
+    seconds: float
+    spread: float
+    def __init__(self, seconds: _Optional[float] = ..., spread: _Optional[float] = ...) -> None: ...
+
 class CpuExecutorInfo(_message.Message):
     __slots__ = ("threads", "paths", "tier_ready", "steps", "path_calls", "attention_s", "kv_dtype")
     class PathCallsEntry(_message.Message):
@@ -105,7 +135,7 @@ class ExecutorInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ExecutorInfo(_message.Message):
-    __slots__ = ("model", "device", "dtype", "num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim", "vocab_size", "max_position_embeddings", "free_device_memory_bytes", "weight_bytes", "cache_ready")
+    __slots__ = ("model", "device", "dtype", "num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim", "vocab_size", "max_position_embeddings", "free_device_memory_bytes", "weight_bytes", "cache_ready", "device_name")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +149,7 @@ class ExecutorInfo(_message.Message):
     FREE_DEVICE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
     CACHE_READY_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     model: str
     device: str
     dtype: str
@@ -132,7 +163,8 @@ class ExecutorInfo(_message.Message):
     free_device_memory_bytes: int
     weight_bytes: int
     cache_ready: bool
-    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_attention_heads: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_position_embeddings: _Optional[int] = ..., free_device_memory_bytes: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., cache_ready: _Optional[bool] = ...) -> None: ...
+    device_name: str
+    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_attention_heads: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_position_embeddings: _Optional[int] = ..., free_device_memory_bytes: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., cache_ready: _Optional[bool] = ..., device_name: _Optional[str] = ...) -> None: ...
 
 class InitCacheRequest(_message.Message):
     __slots__ = ("num_blocks", "block_size")

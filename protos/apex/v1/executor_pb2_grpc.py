@@ -54,6 +54,11 @@ class GpuExecutorStub:
                 request_serializer=apex_dot_v1_dot_executor__pb2.CpuTierLayout.SerializeToString,
                 response_deserializer=apex_dot_v1_dot_executor__pb2.AttachCpuTierResponse.FromString,
                 _registered_method=True)
+        self.Profile = channel.unary_unary(
+                '/apex.v1.GpuExecutor/Profile',
+                request_serializer=apex_dot_v1_dot_executor__pb2.ProfileProbeRequest.SerializeToString,
+                response_deserializer=apex_dot_v1_dot_executor__pb2.ProfileProbeResult.FromString,
+                _registered_method=True)
 
 
 class GpuExecutorServicer:
@@ -86,6 +91,14 @@ class GpuExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Profile(self, request, context):
+        """Times subtasks in isolation for the profiler (the scheduler calls it only while no
+        request holds KV: probes write into cache blocks).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GpuExecutorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +121,11 @@ def add_GpuExecutorServicer_to_server(servicer, server):
                     servicer.AttachCpuTier,
                     request_deserializer=apex_dot_v1_dot_executor__pb2.CpuTierLayout.FromString,
                     response_serializer=apex_dot_v1_dot_executor__pb2.AttachCpuTierResponse.SerializeToString,
+            ),
+            'Profile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Profile,
+                    request_deserializer=apex_dot_v1_dot_executor__pb2.ProfileProbeRequest.FromString,
+                    response_serializer=apex_dot_v1_dot_executor__pb2.ProfileProbeResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +236,33 @@ class GpuExecutor:
             '/apex.v1.GpuExecutor/AttachCpuTier',
             apex_dot_v1_dot_executor__pb2.CpuTierLayout.SerializeToString,
             apex_dot_v1_dot_executor__pb2.AttachCpuTierResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Profile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apex.v1.GpuExecutor/Profile',
+            apex_dot_v1_dot_executor__pb2.ProfileProbeRequest.SerializeToString,
+            apex_dot_v1_dot_executor__pb2.ProfileProbeResult.FromString,
             options,
             channel_credentials,
             insecure,

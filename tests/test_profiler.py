@@ -1,0 +1,104 @@
+"""apexctl profile and apexctl bench on the running stack."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import grpc
+import pytest
+from apex.v1 import admin_pb2
+
+from tests.stack import running_stack
+from tests.test_cli import BIN, run
+from tests.test_exactness import assert_matches_hf, make_prompts, run_concurrently
+
+ARGS = ["--gpu-blocks", "24", "--max-model-len", "384", "--cpu-blocks", "200"]
+
+
+def apexctl(stack, *args: str, timeout: float = 300.0):
+    return run(str(BIN / "apexctl"), "--address", stack.address, *args, timeout=timeout)
+
+
+def test_profile_is_measured_saved_loaded_at_start_and_drives_apex(models, tmp_path, monkeypatch):
+    store = tmp_path / "profiles"
+    monkeypatch.setenv("APEX_PROFILE_DIR", str(store))
+    model = models["tiny-gqa"]
+    with running_stack(model, tmp_path / "a", scheduler_args=ARGS, cpu_executor_args=[]) as s:
+        assert "no profile measured for L4-" in s.logs()
+        with s.client() as c:
+            assert c.policy().profile == "" and "no profile" in c.policy().description
+        out = tmp_path / "p.json"
+        r = apexctl(s, "profile", "--quick", "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        assert "] " in r.stderr and "overhead" in r.stderr  # the progress bar ran
+        prof = json.loads(out.read_text())
+        assert prof["kind"] == "measured" and prof["key"].startswith("L4-")
+        assert "float32" in prof["key"] and "cpu-kv:float32" in prof["key"]
+        for curve in ("linear", "head", "transfer"):
+            assert all(x > 0 for x in prof[curve]["seconds"])
+        for grid in ("gpu_attention", "cpu_attention"):
+            assert prof[grid]["rows"] and all(v > 0 for row in prof[grid]["seconds"] for v in row)
+        assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert list(store.glob("*.json")), "the daemon saved it where it looks at start"
+        with s.client() as c:
+            assert c.policy().profile == prof["name"]
+            assert c.policy().description.startswith("apex (TPOT bound")
+            vocab = c.model_info().vocab_size
+        prompts = make_prompts(vocab, seed=31)
+        results = run_concurrently(s, prompts)
+        assert_matches_hf(model, prompts, results)
+        with s.client() as c:
+            trace = c.trace(0)
+            st = c.status()
+        assert all(math.isfinite(t.profile_predicted_ms) for t in trace)
+        assert st.profile == prof["name"] and math.isfinite(st.profile_mape)
+    with running_stack(model, tmp_path / "b", scheduler_args=ARGS, cpu_executor_args=[]) as s:
+        assert f"profile: {prof['name']}" in s.logs()
+        with s.client() as c:
+            assert c.policy().profile == prof["name"]
+
+
+def test_profile_refuses_a_busy_server(models, tmp_path):
+    stack = running_stack(models["tiny"], tmp_path, scheduler_args=ARGS, cpu_executor_args=[])
+    with stack as s, s.client() as c:
+        t = threading.Thread(target=lambda: c.generate([5, 6, 7], max_tokens=300, ignore_eos=True))
+        t.start()
+        while not c.status().num_running:
+            pass
+        with pytest.raises(grpc.RpcError) as e:
+            list(c.admin.Profile(admin_pb2.ProfileRequest()))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "needs an idle server" in e.value.details()
+        t.join()
+        assert c.status().finished_requests == 1  # the request was not disturbed
+
+
+def test_bench_runs_each_policy_side_by_side(models, tmp_path):
+    with running_stack(models["tiny"], tmp_path, scheduler_args=ARGS, cpu_executor_args=[]) as s:
+        out = tmp_path / "b.json"
+        r = apexctl(
+            s,
+            "bench",
+            "--requests",
+            "10",
+            "--rate",
+            "20",
+            "--scale",
+            "0.05",
+            "--policies",
+            "gpu-only,apex",
+            "--out",
+            str(out),
+        )
+        assert r.returncode == 0, r.stderr
+        rep = json.loads(out.read_text())
+        assert [x["policy"] for x in rep["results"]] == ["gpu-only", "apex"]
+        for x in rep["results"]:
+            assert x["errors"] == 0 and x["throughput"] > 0 and x["requests"] == 10
+            assert 0 < x["ttft_p50"] <= x["ttft_p99"] and 0 < x["tpot_p50"] <= x["tpot_p99"]
+        assert out.with_suffix(".png").is_file()
+        assert "gpu-only" in r.stdout and "apex" in r.stdout
+        with s.client() as c:
+            assert c.policy().name == "apex"  # put back as it was
