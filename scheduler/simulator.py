@@ -55,7 +55,9 @@ class SimResult:
     strategies: dict[str, int]  # iterations run with each strategy
 
 
-def requests(workload: Workload, n: int, rate: float, max_len: int, seed: int):
+def requests(workload: Workload, n: int, rate: float, max_len: int, seed: int, scale: float = 1.0):
+    """(arrival s, prompt tokens, output tokens, id) of n Poisson arrivals; `scale`
+    shrinks the lengths for small models (the online benchmark on a CPU)."""
     rng = random.Random(seed)
     t = 0.0
     out = []
@@ -66,6 +68,7 @@ def requests(workload: Workload, n: int, rate: float, max_len: int, seed: int):
         if workload.jitter:
             p = round(p * rng.uniform(1 - workload.jitter, 1 + workload.jitter))
             o = round(o * rng.uniform(1 - workload.jitter, 1 + workload.jitter))
+        p, o = max(1, round(p * scale)), max(1, round(o * scale))
         p = min(p, max_len - 2)
         o = max(1, min(o, max_len - p))
         out.append((t, p, o, f"r{i}"))
