@@ -114,7 +114,10 @@ def print_status(st) -> None:
         f"({st.predictor_samples} iterations measured)"
     )
     if st.profile:
-        print(f"profile      {st.profile}: {100 * st.profile_mape:.1f}% mean abs. error")
+        print(
+            f"profile      {st.profile}: {100 * st.profile_mape:.1f}% mean abs. error "
+            f"(calibrated x{st.profile_calibration:.2f} online)"
+        )
     print(f"uptime       {st.uptime_s:.0f} s")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
@@ -55,7 +56,8 @@ class PolicyResult:
     requests: int
     errors: int
     strategies: dict[str, int]
-    profile_mape: float
+    profile_mape: float  # calibrated online, as the policy uses it
+    profile_uncalibrated_mape: float
     predictor_mape: float
 
 
@@ -101,11 +103,15 @@ def summarise(policy: str, done: list[Done], client: ApexClient, since: int) -> 
     for t in trace:
         strategies[t.strategy] = strategies.get(t.strategy, 0) + 1
     st = client.status()
-    errs = [
-        abs(t.profile_predicted_ms - t.measured_ms) / t.measured_ms
-        for t in trace
-        if t.measured_ms > 0 and t.profile_predicted_ms == t.profile_predicted_ms
-    ]
+
+    def mape(field: str) -> float:
+        errs = [
+            abs(getattr(t, field) - t.measured_ms) / t.measured_ms
+            for t in trace
+            if t.measured_ms > 0 and math.isfinite(getattr(t, field))
+        ]
+        return statistics.fmean(errs) if errs else float("nan")
+
     return PolicyResult(
         policy=policy,
         throughput=tokens / (hi - lo) if hi > lo else float("nan"),
@@ -116,7 +122,8 @@ def summarise(policy: str, done: list[Done], client: ApexClient, since: int) -> 
         requests=len(done),
         errors=len(done) - len(ok),
         strategies=strategies,
-        profile_mape=statistics.fmean(errs) if errs else float("nan"),
+        profile_mape=mape("profile_predicted_ms"),
+        profile_uncalibrated_mape=mape("profile_uncalibrated_ms"),
         predictor_mape=st.predictor_mape,
     )
 

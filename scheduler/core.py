@@ -46,7 +46,8 @@ class StepPlan:
     swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu block, gpu block)
     strategy: Strategy = Strategy.GPU_ONLY
     pipeline_rows: int = 0  # PIPELINE: CPU rows in sub-batch B1, the first in plan order
-    predicted_s: float = float("nan")  # the policy's cost model; NaN without one
+    predicted_s: float = float("nan")  # the policy's cost model, calibrated; NaN: none
+    model_s: float = float("nan")  # the same, uncalibrated
 
     @property
     def num_prefill_tokens(self) -> int:
@@ -87,7 +88,10 @@ class Scheduler:
         self.admit_future_free = 0  # GPU blocks free once GPU requests have grown to the end
 
     def set_policy(self, policy: Policy) -> None:
-        """Live switch: takes effect at the next schedule(); nothing running moves now."""
+        """Live switch: takes effect at the next schedule(); nothing running moves now.
+        The profile's calibration carries over when the cost model stays the same."""
+        if policy.cost is self.policy.cost:
+            policy.calibration = self.policy.calibration
         self.policy = policy
 
     @property
@@ -157,6 +161,7 @@ class Scheduler:
             self._in,
             d.strategy,
             d.pipeline_rows,
+            d.predicted_s * self.policy.calibration.scale,
             d.predicted_s,
         )
 

@@ -317,6 +317,7 @@ async def serve(args: argparse.Namespace) -> None:
         info.device_name,
         spec.num_layers,
         max_tokens=config.max_num_batched_tokens,
+        max_rows=config.max_num_seqs,
         max_context=max_len,
         gpu_kv_capacity_tokens=num_blocks * args.block_size,
         cpu_kv_capacity_tokens=cpu_blocks * args.block_size,

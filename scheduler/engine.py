@@ -180,6 +180,7 @@ class Engine:
                 measured = time.monotonic() - t
                 self.predictor.observe(work, measured, predicted)
                 self.trace.record(plan, self.scheduler.policy.name, predicted, measured)
+                self.scheduler.policy.calibration.observe(plan.model_s, measured)
                 self.apply(plan, list(reply.next_tokens))
                 failures = 0
             except grpc.aio.AioRpcError as e:

@@ -62,7 +62,7 @@ class MeasuredProfile:
     model: str
     key: str
     num_layers: int
-    iteration_overhead_s: float
+    overhead: Curve  # per iteration outside the layers, over rows
     linear: Curve  # per layer, over tokens
     head: Curve  # once per iteration, over rows
     gpu_attention: Grid
@@ -82,7 +82,7 @@ class MeasuredProfile:
             model=d["model"],
             key=d["key"],
             num_layers=int(d["num_layers"]),
-            iteration_overhead_s=float(d["iteration_overhead_s"]),
+            overhead=curve(d["iteration_overhead"], "rows"),
             linear=curve(d["linear"], "tokens"),
             head=curve(d["head"], "tokens"),
             gpu_attention=Grid.from_dict(d["gpu_attention"]),
@@ -108,5 +108,8 @@ class MeasuredProfile:
             raise ValueError(f"profile {self.name} was measured without a CPU tier")
         return self.cpu_attention(rows, context_tokens / rows)
 
-    def head_s(self) -> float:
-        return self.head(1)
+    def head_s(self, rows: int = 1) -> float:
+        return self.head(max(rows, 1))
+
+    def overhead_s(self, rows: int) -> float:
+        return self.overhead(max(rows, 1))

@@ -31,6 +31,9 @@ Per layer, with T tokens through the linear layers, G GPU rows, C CPU rows:
 from __future__ import annotations
 
 import enum
+import math
+import statistics
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -50,7 +53,10 @@ class CostModel(Protocol):
     """Per-layer subtask times; a spec-derived or a measured profile provides them."""
 
     num_layers: int
-    iteration_overhead_s: float
+
+    def overhead_s(self, rows: int) -> float:
+        """Per iteration, outside the layers: scheduling, RPC, packing, sampling."""
+        ...
 
     def linear_s(self, tokens: int) -> float: ...
 
@@ -58,7 +64,7 @@ class CostModel(Protocol):
 
     def catt_s(self, rows: int, context_tokens: float) -> float: ...
 
-    def head_s(self) -> float: ...
+    def head_s(self, rows: int = 1) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -102,15 +108,14 @@ class Decision:
     predicted_s: float
 
 
-def iteration_s(cost: CostModel, layer_s: float) -> float:
-    return cost.num_layers * layer_s + cost.head_s() + cost.iteration_overhead_s
+def iteration_s(cost: CostModel, layer_s: float, rows: int = 1) -> float:
+    return cost.num_layers * layer_s + cost.head_s(rows) + cost.overhead_s(rows)
 
 
 def overlap_s(cost: CostModel, w: Work) -> float:
     c = cost.catt_s(len(w.cpu_context), sum(w.cpu_context))
-    return iteration_s(
-        cost, cost.linear_s(w.tokens) + max(cost.gatt_s(w.gpu_context, w.gpu_rows), c)
-    )
+    layer = cost.linear_s(w.tokens) + max(cost.gatt_s(w.gpu_context, w.gpu_rows), c)
+    return iteration_s(cost, layer, w.rows)
 
 
 def pipeline_layer_s(cost: CostModel, w: Work, k: int, gatt: float, c1: float, c0: float):
@@ -138,7 +143,7 @@ def pipeline_s(cost: CostModel, w: Work, k: int | None = None) -> tuple[float, i
             best, best_k = layer, j
         if stalls:  # a larger B1 only stalls more
             break
-    return iteration_s(cost, best), best_k
+    return iteration_s(cost, best, w.rows), best_k
 
 
 def plan_s(cost: CostModel, seqs: list[SeqPlan], strategy: Strategy, k: int) -> float:
@@ -151,7 +156,8 @@ def plan_s(cost: CostModel, seqs: list[SeqPlan], strategy: Strategy, k: int) -> 
 
 def best_decision(cost: CostModel, w: Work, allowed: tuple[Strategy, ...]) -> Decision:
     if not w.cpu_context:
-        t = iteration_s(cost, cost.linear_s(w.tokens) + cost.gatt_s(w.gpu_context, w.gpu_rows))
+        layer = cost.linear_s(w.tokens) + cost.gatt_s(w.gpu_context, w.gpu_rows)
+        t = iteration_s(cost, layer, w.rows)
         return Decision(Strategy.GPU_ONLY, 0, t)
     options: list[Decision] = []
     if Strategy.OVERLAP in allowed:
@@ -178,6 +184,21 @@ def expected_context(req: Request) -> float:
     return req.num_tokens + req.remaining_tokens / 2
 
 
+class Calibration:
+    """The profile's times, scaled by the median ratio of measured to predicted over
+    the recent iterations: a profile measured on an idle machine, or a while ago,
+    stays right in scale, and the policy's bound keeps meaning what it says."""
+
+    def __init__(self, window: int = 64) -> None:
+        self.ratios: deque[float] = deque(maxlen=window)
+        self.scale = 1.0
+
+    def observe(self, model_s: float, measured_s: float) -> None:
+        if model_s > 0 and measured_s > 0 and math.isfinite(model_s):
+            self.ratios.append(measured_s / model_s)
+            self.scale = statistics.median(self.ratios)
+
+
 class Policy:
     name = "base"
     cpu_attention = True  # False: the CPU tier only parks preempted requests
@@ -185,6 +206,7 @@ class Policy:
 
     def __init__(self, cost: CostModel | None) -> None:
         self.cost = cost
+        self.calibration = Calibration()
 
     def place(self, sched: Scheduler, req: Request, admitted: list[Request]) -> Tier | None:
         """The tier the request's KV goes to after prefill, or None to keep it waiting."""
@@ -195,7 +217,7 @@ class Policy:
         if self.cost is None:
             strategy = Strategy.OVERLAP if w.cpu_context else Strategy.GPU_ONLY
             return Decision(strategy, 0, float("nan"))
-        return best_decision(self.cost, w, self.strategies)
+        return best_decision(self.cost, w, self.strategies)  # uncalibrated
 
     def describe(self) -> str:
         return self.name
@@ -289,6 +311,7 @@ class ApexPolicy(CostedPolicy):
             return None
         after = self.cpu_work(sched, admitted).plus_cpu_row(expected_context(req))
         t_after = best_decision(self.cost, after, self.strategies).predicted_s
+        t_after *= self.calibration.scale
         # Rows grow faster than the iteration time until the bound (the weights are read
         # once for all rows), so filling up to the bound maximises predicted tokens/s.
         return Tier.CPU if t_after <= self.tpot_slo_s else None

@@ -69,8 +69,11 @@ class Profile:
     def gatt_s(self, context_tokens: float, rows: int = 1) -> float:
         return context_tokens * self.kv_bytes_per_token_layer / self.gpu_bandwidth
 
-    def head_s(self) -> float:
+    def head_s(self, rows: int = 1) -> float:
         return self.head_weight_bytes / self.gpu_bandwidth
+
+    def overhead_s(self, rows: int) -> float:
+        return self.iteration_overhead_s
 
     def catt_s(self, rows: int, context_tokens: float) -> float:
         if rows == 0:

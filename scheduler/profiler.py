@@ -65,6 +65,7 @@ class Profiler:
         device: str,
         num_layers: int,
         max_tokens: int,
+        max_rows: int,
         max_context: int,
         gpu_kv_capacity_tokens: int,
         cpu_kv_capacity_tokens: int,
@@ -75,6 +76,7 @@ class Profiler:
         self.device = device
         self.num_layers = num_layers
         self.max_tokens = max_tokens
+        self.max_rows = max_rows
         self.max_context = max_context
         self.gpu_tokens = gpu_kv_capacity_tokens
         self.cpu_tokens = cpu_kv_capacity_tokens
@@ -115,10 +117,12 @@ class Profiler:
             size = p.tokens or p.bytes or f"{p.rows}x{p.context}"
             yield Progress(i + 1, total, f"{p.kind} {size}: {r.seconds * 1e3:.3f} ms")
         profile = self.assemble(results)
-        overhead = await self.iteration_overhead(g.overhead_steps, profile)
-        profile["iteration_overhead_s"] = overhead
+        rows = [r for r in g.head_rows if r <= self.max_rows]
+        seconds = [await self.iteration_overhead(r, g.overhead_steps, profile) for r in rows]
+        profile["iteration_overhead"] = {"rows": rows, "seconds": seconds}
         path = self.save(profile)
-        yield Progress(total, total, f"overhead {overhead * 1e3:.3f} ms", profile, str(path))
+        said = ", ".join(f"{r} rows {s * 1e3:.2f}" for r, s in zip(rows, seconds, strict=True))
+        yield Progress(total, total, f"overhead {said} ms", profile, str(path))
 
     def assemble(self, results: list[tuple[executor_pb2.ProfileProbe, float]]) -> dict:
         def curve(kind: str, field: str) -> dict:
@@ -146,7 +150,7 @@ class Profiler:
             "measured_at": now,
             "units": "seconds; linear, attention: per decoder layer; head, overhead: per step",
             "num_layers": self.num_layers,
-            "iteration_overhead_s": 0.0,  # measured last, against the rest
+            "iteration_overhead": {"rows": [1], "seconds": [0.0]},  # measured last
             "linear": curve("linear", "tokens"),
             "head": curve("head", "tokens"),
             "gpu_attention": grid("gpu_attention"),
@@ -156,23 +160,28 @@ class Profiler:
             "cpu_kv_capacity_tokens": self.cpu_tokens,
         }
 
-    async def iteration_overhead(self, steps: int, profile: dict) -> float:
-        """A real Step of one decode row, less the subtasks the profile accounts for."""
-        seq = executor_pb2.SeqStep(
-            request_id="profile",
-            token_ids=[1],
-            start_pos=0,
-            block_table=[0],
-            sampling=executor_pb2.SamplingSpec(),
-        )
-        req = executor_pb2.StepRequest(step_id=0, seqs=[seq])
+    async def iteration_overhead(self, rows: int, steps: int, profile: dict) -> float:
+        """A real Step of `rows` one-token decode rows, less the subtasks the profile
+        accounts for: what packing, sampling and the RPC cost per iteration, by rows."""
+        seqs = [
+            executor_pb2.SeqStep(
+                request_id=f"profile-{i}",
+                token_ids=[1],
+                start_pos=0,
+                block_table=[i % self.executors.num_gpu_blocks],
+                sampling=executor_pb2.SamplingSpec(),
+            )
+            for i in range(rows)
+        ]
+        req = executor_pb2.StepRequest(step_id=0, seqs=seqs)
         times = []
         for _ in range(steps + 1):
             t = time.perf_counter()
             await self.executors.gpu.stub.Step(req, timeout=600)
             times.append(time.perf_counter() - t)
         model = MeasuredProfile.from_dict(profile)
-        subtasks = self.num_layers * (model.linear_s(1) + model.gatt_s(1, 1)) + model.head_s()
+        layer = model.linear_s(rows) + model.gatt_s(rows, rows)
+        subtasks = self.num_layers * layer + model.head_s(rows)
         return max(0.0, statistics.median(times[1:]) - subtasks)
 
     def save(self, profile: dict) -> Path:

@@ -173,6 +173,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             policy=s.policy.name,
             profile_mape=e.trace.profile_mape(),
             profile=e.profile_name,
+            profile_calibration=s.policy.calibration.scale,
         )
 
     async def Policy(self, request, context):
@@ -234,6 +235,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                     swap_out_blocks=r.swap_out_blocks,
                     swap_in_blocks=r.swap_in_blocks,
                     profile_predicted_ms=r.profile_predicted_s * 1e3,
+                    profile_uncalibrated_ms=r.profile_uncalibrated_s * 1e3,
                     predicted_ms=r.predicted_s * 1e3,
                     measured_ms=r.measured_s * 1e3,
                     wall_time=r.wall_time,

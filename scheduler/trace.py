@@ -28,14 +28,15 @@ class IterationRecord:
     prefill_tokens: int
     swap_out_blocks: int
     swap_in_blocks: int
-    profile_predicted_s: float  # NaN: no cost model
+    profile_predicted_s: float  # calibrated; NaN: no cost model
+    profile_uncalibrated_s: float
     predicted_s: float  # online predictor; NaN: not fitted yet
     measured_s: float
     wall_time: float
 
 
 class Trace:
-    def __init__(self, keep: int = 1024, error_window: int = 200) -> None:
+    def __init__(self, keep: int = 8192, error_window: int = 200) -> None:
         self.records: deque[IterationRecord] = deque(maxlen=keep)
         self.profile_errors: deque[float] = deque(maxlen=error_window)
 
@@ -55,6 +56,7 @@ class Trace:
             swap_out_blocks=len(plan.swap_out),
             swap_in_blocks=len(plan.swap_in),
             profile_predicted_s=plan.predicted_s,
+            profile_uncalibrated_s=plan.model_s,
             predicted_s=math.nan if predicted_s is None else predicted_s,
             measured_s=measured_s,
             wall_time=time.time(),

@@ -75,7 +75,7 @@ class TraceRequest(_message.Message):
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
 
 class IterationTrace(_message.Message):
-    __slots__ = ("step_id", "strategy", "policy", "gpu_rows", "cpu_rows", "pipeline_rows", "prefill_tokens", "swap_out_blocks", "swap_in_blocks", "profile_predicted_ms", "predicted_ms", "measured_ms", "wall_time")
+    __slots__ = ("step_id", "strategy", "policy", "gpu_rows", "cpu_rows", "pipeline_rows", "prefill_tokens", "swap_out_blocks", "swap_in_blocks", "profile_predicted_ms", "predicted_ms", "measured_ms", "wall_time", "profile_uncalibrated_ms")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class IterationTrace(_message.Message):
     PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
     MEASURED_MS_FIELD_NUMBER: _ClassVar[int]
     WALL_TIME_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_UNCALIBRATED_MS_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     strategy: str
     policy: str
@@ -102,7 +103,8 @@ class IterationTrace(_message.Message):
     predicted_ms: float
     measured_ms: float
     wall_time: float
-    def __init__(self, step_id: _Optional[int] = ..., strategy: _Optional[str] = ..., policy: _Optional[str] = ..., gpu_rows: _Optional[int] = ..., cpu_rows: _Optional[int] = ..., pipeline_rows: _Optional[int] = ..., prefill_tokens: _Optional[int] = ..., swap_out_blocks: _Optional[int] = ..., swap_in_blocks: _Optional[int] = ..., profile_predicted_ms: _Optional[float] = ..., predicted_ms: _Optional[float] = ..., measured_ms: _Optional[float] = ..., wall_time: _Optional[float] = ...) -> None: ...
+    profile_uncalibrated_ms: float
+    def __init__(self, step_id: _Optional[int] = ..., strategy: _Optional[str] = ..., policy: _Optional[str] = ..., gpu_rows: _Optional[int] = ..., cpu_rows: _Optional[int] = ..., pipeline_rows: _Optional[int] = ..., prefill_tokens: _Optional[int] = ..., swap_out_blocks: _Optional[int] = ..., swap_in_blocks: _Optional[int] = ..., profile_predicted_ms: _Optional[float] = ..., predicted_ms: _Optional[float] = ..., measured_ms: _Optional[float] = ..., wall_time: _Optional[float] = ..., profile_uncalibrated_ms: _Optional[float] = ...) -> None: ...
 
 class TraceResponse(_message.Message):
     __slots__ = ("iterations",)
@@ -151,7 +153,7 @@ class TierUsage(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., blocks_total: _Optional[int] = ..., blocks_used: _Optional[int] = ..., block_size: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("model", "num_waiting", "num_running", "tiers", "iterations", "generated_tokens", "preemptions", "tokens_per_s", "uptime_s", "strategy", "finished_requests", "rejected_requests", "max_queue", "placement", "swap_outs", "swap_ins", "num_swapped", "draining", "executor_recoveries", "predictor_mape", "predictor_samples", "policy", "profile_mape", "profile")
+    __slots__ = ("model", "num_waiting", "num_running", "tiers", "iterations", "generated_tokens", "preemptions", "tokens_per_s", "uptime_s", "strategy", "finished_requests", "rejected_requests", "max_queue", "placement", "swap_outs", "swap_ins", "num_swapped", "draining", "executor_recoveries", "predictor_mape", "predictor_samples", "policy", "profile_mape", "profile", "profile_calibration")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +178,7 @@ class StatusResponse(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     PROFILE_MAPE_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_waiting: int
     num_running: int
@@ -200,7 +203,8 @@ class StatusResponse(_message.Message):
     policy: str
     profile_mape: float
     profile: str
-    def __init__(self, model: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ..., iterations: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., preemptions: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., strategy: _Optional[str] = ..., finished_requests: _Optional[int] = ..., rejected_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., placement: _Optional[str] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., num_swapped: _Optional[int] = ..., draining: _Optional[bool] = ..., executor_recoveries: _Optional[int] = ..., predictor_mape: _Optional[float] = ..., predictor_samples: _Optional[int] = ..., policy: _Optional[str] = ..., profile_mape: _Optional[float] = ..., profile: _Optional[str] = ...) -> None: ...
+    profile_calibration: float
+    def __init__(self, model: _Optional[str] = ..., num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierUsage, _Mapping]]] = ..., iterations: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., preemptions: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., strategy: _Optional[str] = ..., finished_requests: _Optional[int] = ..., rejected_requests: _Optional[int] = ..., max_queue: _Optional[int] = ..., placement: _Optional[str] = ..., swap_outs: _Optional[int] = ..., swap_ins: _Optional[int] = ..., num_swapped: _Optional[int] = ..., draining: _Optional[bool] = ..., executor_recoveries: _Optional[int] = ..., predictor_mape: _Optional[float] = ..., predictor_samples: _Optional[int] = ..., policy: _Optional[str] = ..., profile_mape: _Optional[float] = ..., profile: _Optional[str] = ..., profile_calibration: _Optional[float] = ...) -> None: ...
 
 class ListRequestsRequest(_message.Message):
     __slots__ = ()

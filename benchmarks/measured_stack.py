@@ -1,0 +1,94 @@
+"""On the machine at hand: measure its profile on a running stack, then run the online
+benchmark with every policy, so that the profile's prediction error is measured on the
+machine it was measured on.
+
+    python -m benchmarks.measured_stack [--model DIR] [--workload chat] [--requests 48]
+
+Writes benchmarks/results/profile_<device>.json (+ .png), bench_<device>.json (+ .png).
+On a machine without a GPU the "GPU" executor runs on the same cores as the CPU
+executor, so the policies' speeds here are not a performance result: the run shows
+that the three policies work end to end and how well the profile predicts steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import RESULTS, cpu_name
+from scheduler.launcher import ensure_default_model, local_stack
+
+BIN = Path(sys.executable).parent
+
+
+def apexctl(address: str, *args: str) -> str:
+    r = subprocess.run(
+        [str(BIN / "apexctl"), "--address", address, *args], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        raise SystemExit(f"apexctl {args[0]} failed: {r.stderr}")
+    return r.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--device", default="", help="executor device (default: cuda if any)")
+    ap.add_argument("--workload", default="chat")
+    ap.add_argument("--requests", type=int, default=48)
+    ap.add_argument("--rate", type=float, default=6.0)
+    ap.add_argument("--scale", type=float, default=0.1)
+    ap.add_argument("--gpu-blocks", type=int, default=48, help="cap the GPU tier: pressure")
+    ap.add_argument("--cpu-kv-gb", type=float, default=0.2)
+    ap.add_argument("--tag", default="", help="file name tag (default: from the CPU)")
+    args = ap.parse_args()
+    model = args.model or ensure_default_model()
+    tag = args.tag or ("gpu" if args.device.startswith("cuda") else "cpu")
+    os.environ["APEX_PROFILE_DIR"] = tempfile.mkdtemp(prefix="apex-profiles-")
+    ex_args = ["--device", args.device] if args.device else []
+    sched = ["--gpu-blocks", str(args.gpu_blocks), "--cpu-kv-gb", str(args.cpu_kv_gb)]
+    with local_stack(
+        model, executor_args=ex_args, scheduler_args=sched, cpu_executor_args=[]
+    ) as stack:
+        prof = RESULTS / f"profile_{tag}.json"
+        print(apexctl(stack.address, "profile", "--out", str(prof)))
+        bench = RESULTS / f"bench_{tag}.json"
+        print(
+            apexctl(
+                stack.address,
+                "bench",
+                "--workload",
+                args.workload,
+                "--requests",
+                str(args.requests),
+                "--rate",
+                str(args.rate),
+                "--scale",
+                str(args.scale),
+                "--out",
+                str(bench),
+            )
+        )
+        status = json.loads(apexctl(stack.address, "status", "--json"))
+    report = json.loads(bench.read_text())
+    report["host_cpu"] = cpu_name()
+    report["gpu_blocks"] = args.gpu_blocks
+    report["note"] = (
+        "no GPU: both executors share the same cores; not a performance comparison"
+        if not args.device.startswith("cuda")
+        else "measured on a GPU"
+    )
+    report["profile"] = str(prof.name)
+    report["profile_mape_whole_run"] = status.get("profile_mape")
+    report["online_predictor_mape"] = status.get("predictor_mape")
+    bench.write_text(json.dumps(report, indent=1))
+    print(f"profile error over the run: {100 * status.get('profile_mape', float('nan')):.1f}%")
+
+
+if __name__ == "__main__":
+    main()
