@@ -15,17 +15,19 @@ from benchmarks.common import RESULTS, cpu_name, save
 from scheduler.config import SchedulerConfig
 from scheduler.core import Scheduler
 from scheduler.executor_client import step_request
+from scheduler.policy import make_policy
+from scheduler.profile import Profile
 from scheduler.request import Request, SamplingConfig, Tier
 
 
-def run(running: int, context: int, iterations: int) -> dict:
+def run(running: int, context: int, iterations: int, policy: str) -> dict:
     bs = 16
     cfg = SchedulerConfig(
         max_model_len=8192,
         block_size=bs,
         num_gpu_blocks=running * (context + iterations + bs) // bs // 2 + 1024,
         num_cpu_blocks=running * (context + iterations + bs) // bs + 1024,
-        max_num_seqs=running,
+        max_num_seqs=running + 64,
         max_num_batched_tokens=running * context,
         placement="cpu",  # all run: each moves to the CPU tier after its prefill
     )
@@ -43,6 +45,12 @@ def run(running: int, context: int, iterations: int) -> dict:
         s.pin(r.request_id, Tier.GPU)
     plan = s.schedule()
     s.update(plan, [3] * len(plan.seqs))
+    # From here the policy decides: every iteration it chooses the strategy for all
+    # rows and looks at the head of a queue it cannot admit (the bound is full).
+    s.placement = "auto"
+    s.set_policy(make_policy(policy, Profile.load("t4-llama2-7b"), 0.05))
+    for i in range(64):
+        s.add(Request(f"w{i}", [2] * context, SamplingConfig(max_tokens=2000, ignore_eos=True)))
     times = {"schedule": [], "update": [], "proto": []}
     for _ in range(iterations):
         t0 = time.perf_counter()
@@ -57,6 +65,9 @@ def run(running: int, context: int, iterations: int) -> dict:
         times["update"].append(t3 - t2)
     tiers = {t: sum(1 for r in s.running if r.tier is t) for t in Tier}
     return {
+        "policy": policy,
+        "strategies": sorted({plan.strategy.value}),
+        "waiting": len(s.waiting),
         "running": running,
         "context": context,
         "iterations": iterations,
@@ -73,14 +84,14 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--out", type=Path, default=RESULTS / "scheduler_decision.json")
     args = ap.parse_args()
-    rows = [run(n, 1024, args.iterations) for n in (64, 256, 512)]
+    rows = [run(n, 1024, args.iterations, p) for p in ("apex", "neo") for n in (64, 256, 512)]
     print(
-        f"{'running':>7} {'gpu/cpu':>9} {'schedule p50/p99 ms':>20} {'update p50/p99':>15} "
-        f"{'proto p50/p99':>14}"
+        f"{'policy':7} {'running':>7} {'gpu/cpu':>9} {'schedule p50/p99 ms':>20} "
+        f"{'update p50/p99':>15} {'proto p50/p99':>14}"
     )
     for r in rows:
         print(
-            f"{r['running']:7} {r['on_gpu']:4}/{r['on_cpu']:<4} "
+            f"{r['policy']:7} {r['running']:7} {r['on_gpu']:4}/{r['on_cpu']:<4} "
             f"{r['schedule_ms_p50']:9.3f}/{r['schedule_ms_p99']:<9.3f} "
             f"{r['update_ms_p50']:7.3f}/{r['update_ms_p99']:<7.3f} "
             f"{r['proto_ms_p50']:6.3f}/{r['proto_ms_p99']:<6.3f}"

@@ -85,7 +85,7 @@ class Scheduler:
         self.num_swap_ins = 0
         self._out: list[tuple[int, int]] = []
         self._in: list[tuple[int, int]] = []
-        self.admit_future_free = 0  # GPU blocks free once GPU requests have grown to the end
+        self.future_free = 0  # GPU blocks free once GPU requests have grown to the end
 
     def set_policy(self, policy: Policy) -> None:
         """Live switch: takes effect at the next schedule(); nothing running moves now.
@@ -136,6 +136,9 @@ class Scheduler:
         preempted: list[Request] = []
         decodes = self.grow_running(preempted)
         self.move_to_targets(decodes)
+        # Once per iteration: a block allocated for growth lowers the free count and the
+        # growth still to come alike, so only moves and admissions change it from here.
+        self.future_free = self.gpu_future_free(decodes) if self.waiting or self.cpu else 0
         if not preempted:
             self.swap_in_when_room(decodes)
         self.running = decodes
@@ -171,8 +174,12 @@ class Scheduler:
         it (swap-out instead of recompute), else preempted for recompute."""
         queue = deque(self.running)
         decodes: list[Request] = []
+        bs = self.config.block_size
         while queue:
             req = queue.popleft()
+            if req.num_tokens <= len(req.block_table) * bs:  # room already: most steps
+                decodes.append(req)
+                continue
             while True:
                 alloc = self.alloc(req.tier)
                 need = self.config.blocks_for(req.num_tokens) - len(req.block_table)
@@ -219,12 +226,11 @@ class Scheduler:
         if not parked:
             return
         parked.sort(key=lambda r: r.arrival_time)
-        free = self.gpu_future_free(decodes)
         for req in parked:
             future = self.future_blocks(req)
-            if free < future or not self.move(req, Tier.GPU):
+            if self.future_free < future or not self.move(req, Tier.GPU):
                 break
-            free -= future
+            self.future_free -= future
             req.target_tier = None
             if req.status is Status.SWAPPED:
                 self.resume(req, decodes)
@@ -281,7 +287,6 @@ class Scheduler:
         seqs: list[SeqPlan] = []
         admitted: list[Request] = []
         budget = cfg.max_num_batched_tokens
-        self.admit_future_free = self.gpu_future_free(self.running) if self.waiting else 0
         while self.waiting and len(self.running) < cfg.max_num_seqs:
             req = self.waiting[0]
             n = req.num_tokens

@@ -31,6 +31,7 @@ Per layer, with T tokens through the linear layers, G GPU rows, C CPU rows:
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import statistics
 from collections import deque
@@ -118,32 +119,41 @@ def overlap_s(cost: CostModel, w: Work) -> float:
     return iteration_s(cost, layer, w.rows)
 
 
-def pipeline_layer_s(cost: CostModel, w: Work, k: int, gatt: float, c1: float, c0: float):
+def pipeline_layer_s(cost: CostModel, w: Work, k: int, gatt: float, c1: float, c0: float) -> float:
     """One layer with the first k CPU rows in B1: GPU busy time plus its stalls, or the
     CPU's whole layer if that is longer."""
     lin0, lin1 = cost.linear_s(w.tokens - k), cost.linear_s(k)
     stall1 = max(0.0, c1 - (lin0 + gatt))
     stall0 = max(0.0, c0 - (gatt + lin1))
-    return max(lin0 + gatt + lin1 + stall1 + stall0, c1 + c0), c1 > lin0 + gatt
+    return max(lin0 + gatt + lin1 + stall1 + stall0, c1 + c0)
 
 
 def pipeline_s(cost: CostModel, w: Work, k: int | None = None) -> tuple[float, int]:
-    """Iteration time with B1 = the first k CPU rows; k=None searches the best split."""
+    """Iteration time with B1 = the first k CPU rows; k=None searches the best split.
+
+    Over k the layer time is a nearly constant GPU part plus B1's stall (growing with
+    k) and C0's (shrinking): convex, so a bisection on its slope finds the minimum in
+    O(log C) evaluations instead of trying every split."""
     gatt = cost.gatt_s(w.gpu_context, w.gpu_rows)
     ctx = w.cpu_context
-    prefix = [0.0]
-    for c in ctx:
-        prefix.append(prefix[-1] + c)
-    best, best_k = float("inf"), len(ctx)
-    for j in [k] if k is not None else range(1, len(ctx) + 1):
+    n = len(ctx)
+    prefix = list(itertools.accumulate(ctx, initial=0.0))
+
+    def layer(j: int) -> float:
         c1 = cost.catt_s(j, prefix[j])
-        c0 = cost.catt_s(len(ctx) - j, prefix[-1] - prefix[j])
-        layer, stalls = pipeline_layer_s(cost, w, j, gatt, c1, c0)
-        if layer < best:
-            best, best_k = layer, j
-        if stalls:  # a larger B1 only stalls more
-            break
-    return iteration_s(cost, best, w.rows), best_k
+        c0 = cost.catt_s(n - j, prefix[n] - prefix[j])
+        return pipeline_layer_s(cost, w, j, gatt, c1, c0)
+
+    if k is not None:
+        return iteration_s(cost, layer(k), w.rows), k
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if layer(mid) <= layer(mid + 1):
+            hi = mid
+        else:
+            lo = mid + 1
+    return iteration_s(cost, layer(lo), w.rows), lo
 
 
 def plan_s(cost: CostModel, seqs: list[SeqPlan], strategy: Strategy, k: int) -> float:
@@ -231,7 +241,7 @@ def gpu_future_fits(sched: Scheduler, req: Request, admitted: list[Request]) -> 
         else sched.future_blocks(r)
         for r in admitted
     )
-    return sched.admit_future_free - taken >= sched.future_blocks(req)
+    return sched.future_free - taken >= sched.future_blocks(req)
 
 
 class GpuOnlyPolicy(Policy):
@@ -264,18 +274,29 @@ class CostedPolicy(Policy):
     def __init__(self, cost: CostModel) -> None:
         super().__init__(cost)
         self.cost: CostModel = cost
+        self._base: tuple[int, tuple[float, list[float]]] = (-1, (0.0, []))
 
     def cpu_work(self, sched: Scheduler, admitted: list[Request]) -> Work:
         """The load the CPU tier will carry on average: running CPU rows and those just
-        admitted for it, each at its expected context; GPU rows at theirs."""
-        gctx, cctx, rows = 0.0, [], 0
-        for r in [*sched.running, *admitted]:
-            rows += 1
+        admitted for it, each at its expected context; GPU rows at theirs. The running
+        part is summed once per iteration (admission asks several times)."""
+        if self._base[0] != sched.step_id:
+            self._base = (sched.step_id, self.load_of(sched.running))
+        gctx, cctx = self._base[1]
+        more_g, more_c = self.load_of(admitted)
+        rows = len(sched.running) + len(admitted)
+        cpu = (*cctx, *more_c)
+        return Work(rows, rows, gctx + more_g, cpu, rows - len(cpu))
+
+    @staticmethod
+    def load_of(reqs: list[Request]) -> tuple[float, list[float]]:
+        gctx, cctx = 0.0, []
+        for r in reqs:
             if r.tier is Tier.CPU or r.target_tier is Tier.CPU:
                 cctx.append(expected_context(r))
             else:
                 gctx += expected_context(r)
-        return Work(rows, rows, gctx, tuple(cctx), rows - len(cctx))
+        return gctx, cctx
 
 
 class NeoPolicy(CostedPolicy):

@@ -59,6 +59,25 @@ def test_pipeline_split_balances_the_two_windows():
     assert t < overlap_s(T4, w)
 
 
+@pytest.mark.parametrize("profile", ["t4-llama2-7b", "a10-llama3.1-8b"])
+@pytest.mark.parametrize("seed", range(20))
+def test_bisected_split_is_as_good_as_trying_every_split(profile, seed):
+    import random
+
+    cost = Profile.load(profile)
+    rng = random.Random(seed)
+    n = rng.randint(1, 60)
+    w = Work(
+        n + rng.randint(0, 40) + rng.choice([0, 0, 500]),  # sometimes a prefill rides in B0
+        n,
+        float(rng.randint(0, 20000)),
+        tuple(float(rng.randint(10, 4000)) for _ in range(n)),
+        rng.randint(0, 40),
+    )
+    t, _ = pipeline_s(cost, w)
+    assert t == pytest.approx(min(pipeline_s(cost, w, j)[0] for j in range(1, n + 1)), rel=1e-9)
+
+
 def sched_with(policy, gpu_blocks=40, cpu_blocks=4000) -> Scheduler:
     cfg = SchedulerConfig(
         max_model_len=512,
