@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,40 @@ def apexctl(address: str, *args: str) -> str:
     if r.returncode != 0:
         raise SystemExit(f"apexctl {args[0]} failed: {r.stderr}")
     return r.stdout
+
+
+def noise_floor(trace: list[dict]) -> dict[str, dict[str, float]]:
+    """Per policy: the error of an oracle that predicts each step by the median measured
+    time of the steps with the same shape (GPU rows, CPU rows, prefill tokens / 32), the
+    best any predictor of the plan alone could do here, beside the profile's error."""
+    out: dict[str, dict[str, float]] = {}
+    for policy in sorted({t["policy"] for t in trace}):
+        steps = [t for t in trace if t["policy"] == policy and t["measured_ms"] > 0]
+        shapes: dict[tuple, list[float]] = {}
+        for t in steps:
+            key = (t["gpu_rows"], t["cpu_rows"], t["prefill_tokens"] // 32)
+            shapes.setdefault(key, []).append(t["measured_ms"])
+        med = {k: statistics.median(v) for k, v in shapes.items()}
+        oracle = [
+            abs(med[(t["gpu_rows"], t["cpu_rows"], t["prefill_tokens"] // 32)] - t["measured_ms"])
+            / t["measured_ms"]
+            for t in steps
+        ]
+        prof = [
+            abs(t["profile_predicted_ms"] - t["measured_ms"]) / t["measured_ms"]
+            for t in steps
+            if math.isfinite(t["profile_predicted_ms"])
+        ]
+        out[policy] = {
+            "steps": len(steps),
+            "oracle_mape": statistics.fmean(oracle) if oracle else math.nan,
+            "profile_mape": statistics.fmean(prof) if prof else math.nan,
+        }
+        print(
+            f"{policy}: oracle MAPE {100 * out[policy]['oracle_mape']:.1f}%, "
+            f"profile {100 * out[policy]['profile_mape']:.1f}% over {len(steps)} steps"
+        )
+    return out
 
 
 def main() -> None:
@@ -75,6 +111,7 @@ def main() -> None:
             )
         )
         status = json.loads(apexctl(stack.address, "status", "--json"))
+        trace = json.loads(apexctl(stack.address, "trace", "--limit", "0", "--json"))
     report = json.loads(bench.read_text())
     report["host_cpu"] = cpu_name()
     report["gpu_blocks"] = args.gpu_blocks
@@ -86,6 +123,7 @@ def main() -> None:
     report["profile"] = str(prof.name)
     report["profile_mape_whole_run"] = status.get("profile_mape")
     report["online_predictor_mape"] = status.get("predictor_mape")
+    report["noise_floor"] = noise_floor(trace)
     bench.write_text(json.dumps(report, indent=1))
     print(f"profile error over the run: {100 * status.get('profile_mape', float('nan')):.1f}%")
 
