@@ -43,10 +43,13 @@ def test_all_requests_on_the_cpu_tier(preset, models, tmp_path):
         assert_matches_hf(models[preset], prompts, results)
 
 
+@pytest.mark.parametrize("strategy", ["overlap", "pipeline"])
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gqa"])
-def test_mixed_placement_with_swap_out_under_pressure(preset, models, tmp_path):
+def test_mixed_placement_with_swap_out_under_pressure(preset, strategy, models, tmp_path):
     # A 24-block GPU tier: auto placement sends what does not fit to the CPU tier at
     # admission, and evicts to it (instead of recomputing) when decodes outgrow the GPU.
+    # Forced pipelining: with two or more CPU rows both sub-batches carry some (B1 and
+    # C0), and GPU rows and prefills ride in B0.
     args = [
         "--gpu-blocks",
         "24",
@@ -56,6 +59,8 @@ def test_mixed_placement_with_swap_out_under_pressure(preset, models, tmp_path):
         "auto",
         "--cpu-blocks",
         "200",
+        "--strategy",
+        strategy,
     ]
     with running_stack(
         models[preset], tmp_path, scheduler_args=args, cpu_executor_args=[]
@@ -68,9 +73,15 @@ def test_mixed_placement_with_swap_out_under_pressure(preset, models, tmp_path):
         )
         with stack.client() as c:
             st = c.status()
+            trace = c.trace(0)
         assert st.swap_outs > 0, "some requests were meant to move to the CPU tier"
         assert st.preemptions == 0, "with a CPU tier, nothing needs recomputing here"
         assert sum(r.usage.preemptions for r in results) == 0
+        assert {t.strategy for t in trace} == {"gpu-only", strategy}
+        if strategy == "pipeline":
+            piped = [t for t in trace if t.strategy == "pipeline"]
+            assert any(0 < t.pipeline_rows < t.cpu_rows for t in piped), "no two-part step"
+            assert any(t.gpu_rows > 0 for t in piped), "no GPU rows beside pipelined rows"
         assert_matches_hf(models[preset], prompts, results, PREEMPT_OUTPUT_LENGTHS)
 
 
@@ -137,35 +148,3 @@ def test_migration_gpu_to_cpu_and_back_mid_generation(preset, models, tmp_path):
         assert st.swap_outs == 1 and st.swap_ins == 1
         assert all(t.blocks_used == 0 for t in st.tiers)
         assert admin_migrate(c, "gone", admin_pb2.KV_TIER_CPU) is False
-
-
-@pytest.mark.parametrize("preset", ["tiny", "tiny-gqa"])
-def test_pipelined_sub_batches_stay_exact(preset, models, tmp_path):
-    # Mixed placement with asymmetric pipelining forced: with two or more CPU rows both
-    # sub-batches carry some (B1 and C0), and GPU rows and prefills ride in B0.
-    args = [
-        "--gpu-blocks",
-        "24",
-        "--max-model-len",
-        "384",
-        "--cpu-blocks",
-        "200",
-        "--strategy",
-        "pipeline",
-    ]
-    with running_stack(
-        models[preset], tmp_path, scheduler_args=args, cpu_executor_args=[]
-    ) as stack:
-        with stack.client() as c:
-            vocab = c.model_info().vocab_size
-        prompts = make_prompts(vocab, seed=7, lengths=PREEMPT_PROMPT_LENGTHS)
-        results = run_concurrently(
-            stack, prompts, stagger_s=0.005, output_lengths=PREEMPT_OUTPUT_LENGTHS
-        )
-        with stack.client() as c:
-            trace = c.admin.Trace(admin_pb2.TraceRequest(limit=0)).iterations
-        piped = [t for t in trace if t.strategy == "pipeline"]
-        assert any(0 < t.pipeline_rows < t.cpu_rows for t in piped), "no two-part step"
-        assert any(t.gpu_rows > 0 for t in piped), "no GPU rows beside pipelined CPU rows"
-        assert all(t.strategy in ("gpu-only", "pipeline") for t in trace)
-        assert_matches_hf(models[preset], prompts, results, PREEMPT_OUTPUT_LENGTHS)
