@@ -159,11 +159,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from scheduler.policy import POLICIES
-    from scheduler.profile import Profile
+    from scheduler.profile import load_profile
     from scheduler.simulator import WORKLOADS, simulate
 
     try:
-        profile = Profile.load(args.profile)
+        profile = load_profile(args.profile)
     except (OSError, KeyError, ValueError) as e:
         sys.exit(f"apexctl simulate: cannot load profile {args.profile!r}: {e}")
     if args.workload not in WORKLOADS:
@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--profile",
         default="t4-llama2-7b",
-        help="a shipped profile (t4-llama2-7b, a10-llama3.1-8b) or a JSON path",
+        help="a shipped profile (t4-llama2-7b, a10-llama3.1-8b, measured-epyc-2core-tiny) "
+        "or a JSON path, spec-derived or measured by `apexctl profile`",
     )
     sim.add_argument("--workload", default="chat", help="chat, cot or neo")
     sim.add_argument("--policies", default="gpu-only,neo,apex")

@@ -83,7 +83,7 @@ class Profile:
         return read + move + self.dataplane_round_trip_s
 
 
-def step_time(profile: Profile, plan: StepPlan) -> float:
+def step_time(profile: Profile | MeasuredProfile, plan: StepPlan) -> float:
     """The model's iteration time for the plan, run with the strategy the plan names."""
     return plan_s(profile, plan.seqs, plan.strategy, plan.pipeline_rows)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from scheduler.config import SchedulerConfig
 from scheduler.core import Scheduler
+from scheduler.measured_profile import MeasuredProfile
 from scheduler.policy import POLICIES, make_policy
 from scheduler.profile import Profile, step_time
 from scheduler.request import Request, SamplingConfig
@@ -76,7 +77,7 @@ def requests(workload: Workload, n: int, rate: float, max_len: int, seed: int, s
 
 
 def simulate(
-    profile: Profile,
+    profile: Profile | MeasuredProfile,
     workload: Workload,
     policy: str,
     n: int = 200,

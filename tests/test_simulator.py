@@ -83,3 +83,18 @@ def test_apexctl_simulate_json():
         "neo",
         "apex",
     ]
+
+
+def test_a_measured_profile_drives_the_simulator_too():
+    from scheduler.measured_profile import MeasuredProfile
+    from scheduler.profile import load_profile
+
+    p = load_profile("measured-epyc-2core-tiny")  # measured by apexctl profile on this VM
+    assert isinstance(p, MeasuredProfile) and p.key.startswith("L4-")
+    results = {
+        pol: simulate(p, WORKLOADS["chat"], pol, n=30, rate=20.0, seed=2)
+        for pol in ("gpu-only", "neo", "apex")
+    }
+    for r in results.values():
+        assert r.iterations > 0 and r.throughput > 0
+    assert results["neo"].strategies.get("pipeline", 0) > 0
