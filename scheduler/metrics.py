@@ -133,6 +133,19 @@ class EngineCollector:
             "Step-time predictor: mean absolute % error, recent window",
             value=e.predictor.mape(),
         )
+        yield GaugeMetricFamily(
+            "apex_profile_mape",
+            "The policy's profile, calibrated: mean absolute % error, recent window",
+            value=e.trace.profile_mape(),
+        )
+        yield GaugeMetricFamily(
+            "apex_profile_calibration",
+            "Measured / profile-predicted step time, recent median",
+            value=s.policy.calibration.scale,
+        )
+        policy = GaugeMetricFamily("apex_policy", "1 for the policy in force", labels=["policy"])
+        policy.add_metric([s.policy.name], 1)
+        yield policy
         yield CounterMetricFamily(
             "apex_executor_recoveries",
             "Times the executors were lost and the running requests recomputed",

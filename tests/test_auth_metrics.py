@@ -129,6 +129,9 @@ def test_metrics_follow_the_work(secured):
         "apex_iteration_seconds_bucket",
         "apex_draining",
         "apex_predictor_mape",
+        "apex_profile_mape",
+        "apex_profile_calibration",
+        'apex_policy{policy="apex"}',
         "apex_predictor_relative_error_bucket",
     ):
         assert name in after
