@@ -73,6 +73,12 @@ def test_model_volume_ports_and_tokens(compose):
         assert model in mounts, f"{name} reads {model}, which is not mounted"
     env = svc["scheduler"]["environment"]
     assert {"APEX_GENERATION_TOKEN", "APEX_ADMIN_TOKEN"} <= set(env)
+    # measured profiles outlive the container: their folder is on a named volume
+    volumes = [expand(v).split(":") for v in svc["scheduler"]["volumes"]]
+    assert any(
+        env["APEX_PROFILE_DIR"].startswith(dst + "/") and src in compose["volumes"]
+        for src, dst, *_ in volumes
+    )
     ports = [expand(p) for p in svc["scheduler"]["ports"]]
     assert "50051:50051" in ports and "9400:9400" in ports
     assert svc["scheduler"]["stop_grace_period"] == "40s"
