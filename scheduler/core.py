@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from scheduler.block_manager import BlockAllocator
 from scheduler.config import SchedulerConfig
-from scheduler.policy import FixedRulePolicy, GpuOnlyPolicy, Policy, Strategy, forced
+from scheduler.cost_model import Strategy
+from scheduler.policy import FixedRulePolicy, GpuOnlyPolicy, Policy, forced
 from scheduler.request import FinishReason, Request, Status, Tier
 
 

@@ -23,11 +23,12 @@ from common.grpc_server import add_health_and_reflection, set_serving, setup_log
 from scheduler.auth import TokenAuthInterceptor
 from scheduler.config import STRATEGIES, ModelSpec, SchedulerConfig
 from scheduler.core import Scheduler
+from scheduler.cost_model import CostModel
 from scheduler.engine import Engine
 from scheduler.executor_client import CpuExecutorClient, GpuExecutorClient
 from scheduler.executors import Executors
 from scheduler.metrics import Metrics
-from scheduler.policy import POLICIES, CostModel, Policy, make_policy
+from scheduler.policy import POLICIES, Policy, make_policy
 from scheduler.profile import find_profile, load_profile, profile_key, user_profile_dir
 from scheduler.profiler import Profiler
 from scheduler.service import AdminService, GenerationService

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import grpc
 
 from scheduler.core import Scheduler, StepPlan
+from scheduler.cost_model import CostModel
 from scheduler.executors import Executors
 from scheduler.metrics import EngineObserver
-from scheduler.policy import CostModel, make_policy
+from scheduler.policy import make_policy
 from scheduler.predictor import StepTimePredictor, features
 from scheduler.profiler import Profiler
 from scheduler.request import FinishReason, Request

@@ -6,7 +6,7 @@ import grpc
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
 from scheduler.core import StepPlan
-from scheduler.policy import Strategy
+from scheduler.cost_model import Strategy
 from scheduler.request import Tier
 
 STRATEGIES = {

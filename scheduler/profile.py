@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.core import StepPlan
+from scheduler.cost_model import plan_s
 from scheduler.measured_profile import MeasuredProfile
-from scheduler.policy import plan_s
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 

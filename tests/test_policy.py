@@ -9,15 +9,8 @@ import pytest
 
 from scheduler.config import SchedulerConfig
 from scheduler.core import Scheduler, SeqPlan
-from scheduler.policy import (
-    ApexPolicy,
-    Strategy,
-    Work,
-    best_decision,
-    make_policy,
-    overlap_s,
-    pipeline_s,
-)
+from scheduler.cost_model import Strategy, Work, best_decision, overlap_s, pipeline_s
+from scheduler.policy import ApexPolicy, make_policy
 from scheduler.profile import Profile
 from scheduler.request import Request, SamplingConfig, Tier
 from scheduler.simulator import WORKLOADS, simulate

@@ -1,0 +1,161 @@
+"""The cost model of one iteration: per-layer subtask times composed per strategy.
+
+Per layer, with T tokens through the linear layers, G GPU rows, C CPU rows:
+
+    gpu-only  lin(T) + gatt(G)
+    overlap   lin(T) + max(gatt(G), catt(C))
+    pipeline  B0 = GPU rows + CPU rows C0, B1 = CPU rows C1; the GPU runs both
+              sub-batches' linear layers (the weights are read twice); catt(C1) hides
+              under lin(B0) + gatt(G), catt(C0) under gatt(G) + lin(B1).
+
+The same formulas drive the policies' predictions and the simulator's clock; a profile
+(spec-derived or measured) supplies the subtask times.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from scheduler.request import Tier
+
+if TYPE_CHECKING:
+    from scheduler.core import SeqPlan
+
+
+class Strategy(enum.Enum):
+    GPU_ONLY = "gpu-only"
+    OVERLAP = "overlap"
+    PIPELINE = "pipeline"
+
+
+class CostModel(Protocol):
+    """Per-layer subtask times; a spec-derived or a measured profile provides them."""
+
+    num_layers: int
+
+    def overhead_s(self, rows: int) -> float:
+        """Per iteration, outside the layers: scheduling, RPC, packing, sampling."""
+        ...
+
+    def linear_s(self, tokens: int) -> float: ...
+
+    def gatt_s(self, context_tokens: float, rows: int = 1) -> float: ...
+
+    def catt_s(self, rows: int, context_tokens: float) -> float: ...
+
+    def head_s(self, rows: int = 1) -> float: ...
+
+
+@dataclass(frozen=True)
+class Work:
+    """One iteration's load, as the cost model needs it."""
+
+    tokens: int  # through the linear layers
+    rows: int  # sequences (each yields one token)
+    gpu_context: float  # context tokens attended on the GPU (a prefill: n x mean context)
+    cpu_context: tuple[float, ...]  # per CPU row, in plan order
+    gpu_rows: int = 1  # rows (query tokens) attending on the GPU
+
+    def plus_cpu_row(self, context: float) -> Work:
+        return Work(
+            self.tokens + 1,
+            self.rows + 1,
+            self.gpu_context,
+            (*self.cpu_context, context),
+            self.gpu_rows,
+        )
+
+
+def work_of(seqs: list[SeqPlan]) -> Work:
+    tokens, gctx, cctx, grows = 0, 0.0, [], 0
+    for s in seqs:
+        n = len(s.token_ids)
+        ctx = s.start_pos + n
+        tokens += n
+        if s.tier is Tier.CPU:
+            cctx.append(float(ctx))
+        else:
+            gctx += ctx if n == 1 else n * (s.start_pos + ctx) / 2
+            grows += n
+    return Work(tokens, len(seqs), gctx, tuple(cctx), grows)
+
+
+@dataclass(frozen=True)
+class Decision:
+    strategy: Strategy
+    pipeline_rows: int  # CPU rows in sub-batch B1 (the first CPU rows in plan order)
+    predicted_s: float
+
+
+def iteration_s(cost: CostModel, layer_s: float, rows: int = 1) -> float:
+    return cost.num_layers * layer_s + cost.head_s(rows) + cost.overhead_s(rows)
+
+
+def overlap_s(cost: CostModel, w: Work) -> float:
+    c = cost.catt_s(len(w.cpu_context), sum(w.cpu_context))
+    layer = cost.linear_s(w.tokens) + max(cost.gatt_s(w.gpu_context, w.gpu_rows), c)
+    return iteration_s(cost, layer, w.rows)
+
+
+def pipeline_layer_s(cost: CostModel, w: Work, k: int, gatt: float, c1: float, c0: float) -> float:
+    """One layer with the first k CPU rows in B1: GPU busy time plus its stalls, or the
+    CPU's whole layer if that is longer."""
+    lin0, lin1 = cost.linear_s(w.tokens - k), cost.linear_s(k)
+    stall1 = max(0.0, c1 - (lin0 + gatt))
+    stall0 = max(0.0, c0 - (gatt + lin1))
+    return max(lin0 + gatt + lin1 + stall1 + stall0, c1 + c0)
+
+
+def pipeline_s(cost: CostModel, w: Work, k: int | None = None) -> tuple[float, int]:
+    """Iteration time with B1 = the first k CPU rows; k=None searches the best split.
+
+    Over k the layer time is a nearly constant GPU part plus B1's stall (growing with
+    k) and C0's (shrinking): convex, so a bisection on its slope finds the minimum in
+    O(log C) evaluations instead of trying every split."""
+    gatt = cost.gatt_s(w.gpu_context, w.gpu_rows)
+    ctx = w.cpu_context
+    n = len(ctx)
+    prefix = list(itertools.accumulate(ctx, initial=0.0))
+
+    def layer(j: int) -> float:
+        c1 = cost.catt_s(j, prefix[j])
+        c0 = cost.catt_s(n - j, prefix[n] - prefix[j])
+        return pipeline_layer_s(cost, w, j, gatt, c1, c0)
+
+    if k is not None:
+        return iteration_s(cost, layer(k), w.rows), k
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if layer(mid) <= layer(mid + 1):
+            hi = mid
+        else:
+            lo = mid + 1
+    return iteration_s(cost, layer(lo), w.rows), lo
+
+
+def plan_s(cost: CostModel, seqs: list[SeqPlan], strategy: Strategy, k: int) -> float:
+    """The model's time for a plan run the way it says (the simulator's clock)."""
+    w = work_of(seqs)
+    if strategy is Strategy.PIPELINE and w.cpu_context:
+        return pipeline_s(cost, w, k)[0]
+    return overlap_s(cost, w)
+
+
+def best_decision(cost: CostModel, w: Work, allowed: tuple[Strategy, ...]) -> Decision:
+    if not w.cpu_context:
+        layer = cost.linear_s(w.tokens) + cost.gatt_s(w.gpu_context, w.gpu_rows)
+        t = iteration_s(cost, layer, w.rows)
+        return Decision(Strategy.GPU_ONLY, 0, t)
+    options: list[Decision] = []
+    if Strategy.OVERLAP in allowed:
+        options.append(Decision(Strategy.OVERLAP, 0, overlap_s(cost, w)))
+    if Strategy.PIPELINE in allowed:
+        t, k = pipeline_s(cost, w)
+        options.append(Decision(Strategy.PIPELINE, k, t))
+    if not options:  # a policy without CPU attention, but rows forced onto the CPU
+        options.append(Decision(Strategy.OVERLAP, 0, overlap_s(cost, w)))
+    return min(options, key=lambda d: d.predicted_s)
