@@ -153,6 +153,7 @@ class Scheduler:
             seqs += self.admit()
         if not seqs:
             return None
+        seqs = self.policy.select(seqs)
         self.step_id += 1
         d = self.policy.choose(seqs)
         if self.config.strategy != "auto" and d.strategy is not Strategy.GPU_ONLY:

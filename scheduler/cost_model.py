@@ -159,3 +159,15 @@ def best_decision(cost: CostModel, w: Work, allowed: tuple[Strategy, ...]) -> De
     if not options:  # a policy without CPU attention, but rows forced onto the CPU
         options.append(Decision(Strategy.OVERLAP, 0, overlap_s(cost, w)))
     return min(options, key=lambda d: d.predicted_s)
+
+
+def pipeline_hidden(cost: CostModel, w: Work) -> bool:
+    """Whether, at the best split, both parts' CPU attention hides under the other
+    sub-batch's GPU work (no stall): NEO's condition for letting CPU rows run."""
+    _, k = pipeline_s(cost, w)
+    ctx = w.cpu_context
+    c1 = cost.catt_s(k, sum(ctx[:k]))
+    c0 = cost.catt_s(len(ctx) - k, sum(ctx[k:]))
+    gatt = cost.gatt_s(w.gpu_context, w.gpu_rows)
+    lin0, lin1 = cost.linear_s(w.tokens - k), cost.linear_s(k)
+    return c1 <= lin0 + gatt and c0 <= gatt + lin1

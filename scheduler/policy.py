@@ -36,6 +36,8 @@ from scheduler.cost_model import (
     Work,
     best_decision,
     iteration_s,
+    pipeline_hidden,
+    pipeline_s,
     work_of,
 )
 from scheduler.request import Request, Tier
@@ -85,6 +87,10 @@ class Policy:
     def place(self, sched: Scheduler, req: Request, admitted: list[Request]) -> Tier | None:
         """The tier the request's KV goes to after prefill, or None to keep it waiting."""
         return Tier.GPU
+
+    def select(self, seqs: list[SeqPlan]) -> list[SeqPlan]:
+        """The rows that run this iteration; the others wait (NEO lets CPU rows wait)."""
+        return seqs
 
     def choose(self, seqs: list[SeqPlan]) -> Decision:
         w = work_of(seqs)
@@ -164,19 +170,62 @@ class CostedPolicy(Policy):
 
 
 class NeoPolicy(CostedPolicy):
+    """NEO's scheduler, as its public implementation does it: optimistic GPU placement
+    with swap-out of the newest GPU request when the GPU tier runs short; per
+    iteration, CPU rows join the pipeline in arrival order only while their attention
+    stays hidden under the other sub-batch's GPU work (a row that does not hide waits
+    this iteration, and so does every longer one after it); then the pipelined batch
+    runs only if it predicts more tokens/s than the GPU rows alone."""
+
     name = "neo"
     strategies = (Strategy.PIPELINE,)
 
     def place(self, sched: Scheduler, req: Request, admitted: list[Request]) -> Tier | None:
-        if gpu_future_fits(sched, req, admitted):
-            return Tier.GPU
         if sched.cpu is None:
-            return None
-        w = self.cpu_work(sched, admitted).plus_cpu_row(expected_context(req))
-        gatt = self.cost.gatt_s(w.gpu_context, w.gpu_rows)
-        gpu_busy = 2 * self.cost.linear_s(max(1, w.tokens // 2)) + gatt
-        cpu = self.cost.catt_s(len(w.cpu_context), sum(w.cpu_context))
-        return Tier.CPU if cpu <= gpu_busy else None  # the CPU must stay hidden
+            return Tier.GPU
+        if any(r.target_tier is Tier.CPU for r in admitted):
+            return Tier.CPU  # one went to the CPU this round: later ones follow (FCFS)
+        staged = sum(sched.config.blocks_for(r.num_tokens) for r in admitted)
+        fits = sched.config.blocks_for(req.num_tokens) + staged <= sched.gpu.num_free
+        return Tier.GPU if fits else Tier.CPU
+
+    def select(self, seqs: list[SeqPlan]) -> list[SeqPlan]:
+        gpu = [s for s in seqs if s.tier is not Tier.CPU]
+        cpu = [s for s in seqs if s.tier is Tier.CPU]
+        if not cpu:
+            return seqs
+        base = work_of(gpu)
+        chosen: list[SeqPlan] = []
+        ctx: list[float] = []
+        longest_ok = float("inf")
+        for s in cpu:
+            c = float(s.start_pos + 1)
+            if c >= longest_ok:
+                continue
+            w = Work(
+                base.tokens + len(ctx) + 1,
+                base.rows + len(ctx) + 1,
+                base.gpu_context,
+                (*ctx, c),
+                base.gpu_rows,
+            )
+            if pipeline_hidden(self.cost, w):
+                chosen.append(s)
+                ctx.append(c)
+            else:
+                longest_ok = c
+        if not gpu:
+            return chosen or cpu[:1]  # nothing to hide under: still make progress
+        alone = best_decision(self.cost, base, ()).predicted_s
+        both = Work(
+            base.tokens + len(ctx),
+            base.rows + len(ctx),
+            base.gpu_context,
+            tuple(ctx),
+            base.gpu_rows,
+        )
+        piped = pipeline_s(self.cost, both)[0] if ctx else float("inf")
+        return gpu + chosen if both.rows / piped > base.rows / alone else gpu
 
 
 class ApexPolicy(CostedPolicy):

@@ -122,14 +122,23 @@ def test_tighter_bound_admits_fewer_cpu_rows():
     assert counts[0] < counts[1]
 
 
-def test_neo_places_on_cpu_only_while_hidden_and_always_pipelines():
-    s = sched_with(make_policy("neo", T4))
-    for i in range(40):
-        s.add(new(f"r{i}"))
-    plans = run(s, 60)
-    with_cpu = [p for p in plans if p.num_cpu_rows]
-    assert with_cpu and all(p.strategy is Strategy.PIPELINE for p in with_cpu)
-    assert s.waiting, "CPU attention that would not hide is not admitted"
+def test_neo_runs_only_the_cpu_rows_that_hide_and_pipelines_them():
+    from scheduler.cost_model import pipeline_hidden, work_of
+
+    neo = make_policy("neo", T4)
+    seqs = rows([1000, 800], [3000, 2500, 400, 3000, 300, 2000, 1000, 3500, 200])
+    ran = neo.select(seqs)
+    cpu_ran = [s for s in ran if s.tier is Tier.CPU]
+    assert 0 < len(cpu_ran) < 9, "some CPU rows run, the rest wait this iteration"
+    assert all(s in ran for s in seqs if s.tier is Tier.GPU)
+    assert pipeline_hidden(T4, work_of(ran))
+    # NEO's rule: after a row that does not hide, only shorter ones are tried
+    first_out = next(s for s in seqs if s.tier is Tier.CPU and s not in ran)
+    later = seqs[seqs.index(first_out) + 1 :]
+    assert all(s.start_pos < first_out.start_pos for s in later if s in ran)
+    assert neo.choose(ran).strategy is Strategy.PIPELINE
+    # with no GPU rows to hide under, it still makes progress
+    assert neo.select(rows([], [9000, 9000]))
 
 
 def test_gpu_only_never_decodes_on_the_cpu_tier():
