@@ -12,12 +12,12 @@ Three policies:
 
 - `gpu-only` (vLLM-like): attention only on the GPU; the CPU tier, if any, is swap
   space for preempted requests.
-- `neo` (NEO's load-aware placement, always pipelining when CPU rows exist): a request
-  goes to the GPU tier when its future fits there, else to the CPU tier while the CPU
-  attention stays hidden under the pipeline's GPU work.
+- `neo` (NEO's own scheduling rules): a request goes to the GPU tier while its KV fits
+  there (swapped out when the GPU runs short); each iteration only the CPU rows whose
+  attention hides under the pipeline's GPU work run (`select`), the others wait.
 - `apex`: per iteration the strategy with the least predicted time; a request goes to
-  the CPU tier only when the predicted iteration time with it stays under the TPOT bound
-  and it raises the predicted tokens/s.
+  the CPU tier only while the predicted iteration time with it stays under the TPOT
+  bound, and every admitted row runs every iteration.
 
 How each strategy's time is predicted: `scheduler/cost_model.py`.
 """
