@@ -1,10 +1,12 @@
 """Policies: where each request's KV lives and how each iteration runs.
 
-The scheduler does the bookkeeping; a policy answers two questions for it, both from a
-cost model (a profile) of the subtasks of one decoder layer:
+The scheduler does the bookkeeping; a policy answers its questions, from a cost model
+(a profile) of the subtasks of one decoder layer:
 
 - `place(...)`: a request is about to be admitted; after its prefill (always on the
   GPU), should its KV stay on the GPU tier, go to the CPU tier, or should it wait?
+- `select(...)`: which of the running rows run this iteration (all of them, except
+  under neo)?
 - `choose(...)`: this iteration's rows are fixed; which strategy runs them, and for
   asymmetric pipelining, how are the CPU rows split between the two sub-batches?
 
