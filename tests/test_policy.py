@@ -183,3 +183,23 @@ def test_simulated_apex_beats_gpu_only_on_long_outputs_at_the_t4_memory_limit():
     assert res["apex"].tpot_p99 <= 1.1 * res["gpu-only"].tpot_p99
     assert res["neo"].strategies.get("pipeline", 0) > 0
     assert set(res["apex"].strategies) <= {"gpu-only", "overlap", "pipeline"}
+
+
+def test_switching_to_gpu_only_with_rows_on_the_cpu_tier_keeps_them_decoding():
+    s = sched_with(make_policy("apex", T4, 0.2))
+    for i in range(20):
+        s.add(new(f"r{i}"))
+    run(s, 10)
+    assert any(r.tier is Tier.CPU for r in s.running)
+    s.set_policy(make_policy("gpu-only", T4))
+    while s.has_work():
+        decoding = {r.request_id for r in s.running}
+        plan = s.schedule()
+        ran = {x.request.request_id for x in plan.seqs}
+        assert decoding <= ran, "a running request missed its token"
+        cpu_rows = [x for x in plan.seqs if x.tier is Tier.CPU]
+        # rows already on the CPU tier keep decoding there (overlap) until moved back
+        assert plan.strategy is (Strategy.OVERLAP if cpu_rows else Strategy.GPU_ONLY)
+        s.update(plan, [2] * len(plan.seqs))
+    assert s.num_swap_ins > 0, "they move back to the GPU as room returns"
+    assert not s.requests and s.gpu.num_used == 0 and s.cpu.num_used == 0
