@@ -25,7 +25,10 @@ from scheduler.profile import user_profile_dir
 
 
 @dataclass(frozen=True)
-class Grid:
+class ProbeGrid:
+    """The sizes probed: log-spaced, because the curves bend where a kernel changes
+    regime (memory- to compute-bound) and are near-linear between."""
+
     tokens: tuple[int, ...]
     head_rows: tuple[int, ...]
     rows: tuple[int, ...]
@@ -35,7 +38,7 @@ class Grid:
     overhead_steps: int
 
 
-FULL = Grid(
+FULL = ProbeGrid(
     (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
     (1, 16, 64, 256),
     (1, 4, 16, 64),
@@ -44,7 +47,7 @@ FULL = Grid(
     repeats=15,
     overhead_steps=30,
 )
-QUICK = Grid((1, 8, 64, 256), (1, 16), (1, 8), (64, 512), (1 << 16, 1 << 20), 5, 10)
+QUICK = ProbeGrid((1, 8, 64, 256), (1, 16), (1, 8), (64, 512), (1 << 16, 1 << 20), 5, 10)
 
 
 @dataclass
@@ -81,7 +84,7 @@ class Profiler:
         self.gpu_tokens = gpu_kv_capacity_tokens
         self.cpu_tokens = cpu_kv_capacity_tokens
 
-    def plan(self, g: Grid) -> list[executor_pb2.ProfileProbe]:
+    def plan(self, g: ProbeGrid) -> list[executor_pb2.ProfileProbe]:
         P = executor_pb2.ProfileProbe
         ctx = [c for c in g.context if c <= self.max_context] or [self.max_context]
         probes = [
