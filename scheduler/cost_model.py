@@ -100,41 +100,50 @@ def overlap_s(cost: CostModel, w: Work) -> float:
     return iteration_s(cost, layer, w.rows)
 
 
-def pipeline_layer_s(cost: CostModel, w: Work, k: int, gatt: float, c1: float, c0: float) -> float:
-    """One layer with the first k CPU rows in B1: GPU busy time plus its stalls, or the
-    CPU's whole layer if that is longer."""
-    lin0, lin1 = cost.linear_s(w.tokens - k), cost.linear_s(k)
+def split_layer_s(
+    cost: CostModel, tokens: int, gatt: float, prefix: list[float], k: int
+) -> tuple[float, bool]:
+    """One layer with the first k CPU rows in B1 (prefix: running sums of the CPU rows'
+    contexts): the GPU's busy time plus its stalls, or the CPU's whole layer if that is
+    longer; and whether both parts hide (no stall)."""
+    n = len(prefix) - 1
+    c1 = cost.catt_s(k, prefix[k])
+    c0 = cost.catt_s(n - k, prefix[n] - prefix[k])
+    lin0, lin1 = cost.linear_s(tokens - k), cost.linear_s(k)
     stall1 = max(0.0, c1 - (lin0 + gatt))
     stall0 = max(0.0, c0 - (gatt + lin1))
-    return max(lin0 + gatt + lin1 + stall1 + stall0, c1 + c0)
+    return max(lin0 + gatt + lin1 + stall1 + stall0, c1 + c0), stall1 == stall0 == 0.0
 
 
-def pipeline_s(cost: CostModel, w: Work, k: int | None = None) -> tuple[float, int]:
-    """Iteration time with B1 = the first k CPU rows; k=None searches the best split.
-
-    Over k the layer time is a nearly constant GPU part plus B1's stall (growing with
-    k) and C0's (shrinking): convex, so a bisection on its slope finds the minimum in
-    O(log C) evaluations instead of trying every split."""
-    gatt = cost.gatt_s(w.gpu_context, w.gpu_rows)
-    ctx = w.cpu_context
-    n = len(ctx)
-    prefix = list(itertools.accumulate(ctx, initial=0.0))
-
-    def layer(j: int) -> float:
-        c1 = cost.catt_s(j, prefix[j])
-        c0 = cost.catt_s(n - j, prefix[n] - prefix[j])
-        return pipeline_layer_s(cost, w, j, gatt, c1, c0)
-
-    if k is not None:
-        return iteration_s(cost, layer(k), w.rows), k
-    lo, hi = 1, n
+def best_split(
+    cost: CostModel, tokens: int, gatt: float, prefix: list[float]
+) -> tuple[float, int, bool]:
+    """(layer time, k, hidden) at the best split. Over k the layer time is a nearly
+    constant GPU part plus B1's stall (growing with k) and C0's (shrinking): convex, so a
+    bisection on its slope finds the minimum in O(log C) evaluations."""
+    lo, hi = 1, len(prefix) - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if layer(mid) <= layer(mid + 1):
+        if (
+            split_layer_s(cost, tokens, gatt, prefix, mid)[0]
+            <= split_layer_s(cost, tokens, gatt, prefix, mid + 1)[0]
+        ):
             hi = mid
         else:
             lo = mid + 1
-    return iteration_s(cost, layer(lo), w.rows), lo
+    layer, hidden = split_layer_s(cost, tokens, gatt, prefix, lo)
+    return layer, lo, hidden
+
+
+def pipeline_s(cost: CostModel, w: Work, k: int | None = None) -> tuple[float, int]:
+    """Iteration time with B1 = the first k CPU rows; k=None takes the best split."""
+    gatt = cost.gatt_s(w.gpu_context, w.gpu_rows)
+    prefix = list(itertools.accumulate(w.cpu_context, initial=0.0))
+    if k is None:
+        layer, k, _ = best_split(cost, w.tokens, gatt, prefix)
+    else:
+        layer = split_layer_s(cost, w.tokens, gatt, prefix, k)[0]
+    return iteration_s(cost, layer, w.rows), k
 
 
 def plan_s(cost: CostModel, seqs: list[SeqPlan], strategy: Strategy, k: int) -> float:
@@ -164,10 +173,6 @@ def best_decision(cost: CostModel, w: Work, allowed: tuple[Strategy, ...]) -> De
 def pipeline_hidden(cost: CostModel, w: Work) -> bool:
     """Whether, at the best split, both parts' CPU attention hides under the other
     sub-batch's GPU work (no stall): NEO's condition for letting CPU rows run."""
-    _, k = pipeline_s(cost, w)
-    ctx = w.cpu_context
-    c1 = cost.catt_s(k, sum(ctx[:k]))
-    c0 = cost.catt_s(len(ctx) - k, sum(ctx[k:]))
     gatt = cost.gatt_s(w.gpu_context, w.gpu_rows)
-    lin0, lin1 = cost.linear_s(w.tokens - k), cost.linear_s(k)
-    return c1 <= lin0 + gatt and c0 <= gatt + lin1
+    prefix = list(itertools.accumulate(w.cpu_context, initial=0.0))
+    return best_split(cost, w.tokens, gatt, prefix)[2]

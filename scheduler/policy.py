@@ -26,6 +26,7 @@ How each strategy's time is predicted: `scheduler/cost_model.py`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import deque
@@ -37,8 +38,8 @@ from scheduler.cost_model import (
     Strategy,
     Work,
     best_decision,
+    best_split,
     iteration_s,
-    pipeline_hidden,
     pipeline_s,
     work_of,
 )
@@ -197,25 +198,21 @@ class NeoPolicy(CostedPolicy):
         if not cpu:
             return seqs
         base = work_of(gpu)
+        gatt = self.cost.gatt_s(base.gpu_context, base.gpu_rows)
         chosen: list[SeqPlan] = []
-        ctx: list[float] = []
-        longest_ok = float("inf")
-        for s in cpu:
-            c = float(s.start_pos + 1)
-            if c >= longest_ok:
+        prefix = [0.0]  # running sums of the chosen rows' contexts, grown one at a time
+        too_long = float("inf")  # after a row that does not hide, only shorter ones try
+        for row in cpu:
+            c = float(row.start_pos + 1)
+            if c >= too_long:
                 continue
-            w = Work(
-                base.tokens + len(ctx) + 1,
-                base.rows + len(ctx) + 1,
-                base.gpu_context,
-                (*ctx, c),
-                base.gpu_rows,
-            )
-            if pipeline_hidden(self.cost, w):
-                chosen.append(s)
-                ctx.append(c)
+            prefix.append(prefix[-1] + c)
+            if best_split(self.cost, base.tokens + len(prefix) - 1, gatt, prefix)[2]:
+                chosen.append(row)
             else:
-                longest_ok = c
+                prefix.pop()
+                too_long = c
+        ctx = [b - a for a, b in itertools.pairwise(prefix)]
         if not gpu:
             return chosen or cpu[:1]  # nothing to hide under: still make progress
         alone = best_decision(self.cost, base, ()).predicted_s
