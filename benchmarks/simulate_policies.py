@@ -16,6 +16,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from clients.cli_output import pyplot
 from scheduler.policy import default_tpot_slo
 from scheduler.profile import Profile
 from scheduler.simulator import WORKLOADS, simulate
@@ -77,10 +78,9 @@ def run(requests: int) -> dict:
 
 
 def plot(data: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return
 
     cases = data["cases"]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))

@@ -15,6 +15,7 @@ from google.protobuf.json_format import MessageToDict
 
 from clients import apexctl_bench, apexctl_policy, apexctl_profile
 from clients.apex_client import DEFAULT_ADDRESS, FINISH_REASONS, ApexClient
+from clients.cli_output import as_dict
 from common.grpc_server import check_health
 
 CONFIG_PATH = Path.home() / ".config" / "apex" / "apexctl.ini"
@@ -74,13 +75,7 @@ def cmd_status(client: ApexClient, args: argparse.Namespace) -> int:
             time.sleep(args.watch)
     st = client.status()
     if args.json:
-        print(
-            json.dumps(
-                MessageToDict(
-                    st, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                )
-            )
-        )
+        print(json.dumps(as_dict(st)))
         return 0
     print_status(st)
     return 0

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from clients.apex_client import ApexClient
+from clients.cli_output import pyplot
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,11 +60,6 @@ class PolicyResult:
     profile_mape: float  # calibrated online, as the policy uses it
     profile_uncalibrated_mape: float
     predictor_mape: float
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))] if xs else float("nan")
 
 
 def one(client: ApexClient, start: float, t: float, prompt: list[int], out: int) -> Done:
@@ -112,13 +108,17 @@ def summarise(policy: str, done: list[Done], client: ApexClient, since: int) -> 
         ]
         return statistics.fmean(errs) if errs else float("nan")
 
+    from scheduler.simulator import pct  # the simulator's percentile: same definition
+
+    ttft = [d.first - d.arrival for d in ok]
+    tpot = [(d.end - d.first) / (d.tokens - 1) for d in ok if d.tokens > 1]
     return PolicyResult(
         policy=policy,
         throughput=tokens / (hi - lo) if hi > lo else float("nan"),
-        ttft_p50=pct([d.first - d.arrival for d in ok], 50),
-        ttft_p99=pct([d.first - d.arrival for d in ok], 99),
-        tpot_p50=pct([(d.end - d.first) / (d.tokens - 1) for d in ok if d.tokens > 1], 50),
-        tpot_p99=pct([(d.end - d.first) / (d.tokens - 1) for d in ok if d.tokens > 1], 99),
+        ttft_p50=pct(ttft, 50),
+        ttft_p99=pct(ttft, 99),
+        tpot_p50=pct(tpot, 50),
+        tpot_p99=pct(tpot, 99),
         requests=len(done),
         errors=len(done) - len(ok),
         strategies=strategies,
@@ -201,13 +201,9 @@ def print_table(results: list[PolicyResult]) -> None:
 
 
 def plot(results: list[PolicyResult], path: Path, title: str) -> bool:
-    try:
-        import matplotlib
-    except ImportError:
-        print("(no matplotlib: pip install 'apex-serve[plot]' for the PNG)", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     names = [r.policy for r in results]
     fig, ax = plt.subplots(1, 3, figsize=(13, 4))

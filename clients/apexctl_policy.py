@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from google.protobuf.json_format import MessageToDict
-
 from clients.apex_client import ApexClient
+from clients.cli_output import as_dict
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -18,12 +17,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("trace", help="the last iteration plans: strategy, rows, times")
     tr.add_argument("-n", "--limit", type=int, default=20, help="iterations (0: all kept)")
     tr.add_argument("--json", action="store_true")
-
-
-def as_dict(msg) -> dict:
-    return MessageToDict(
-        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
 
 
 def cmd_policy(client: ApexClient, args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from apex.v1 import admin_pb2
 
 from clients.apex_client import ApexClient
+from clients.cli_output import pyplot
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,13 +53,9 @@ def cmd_profile(client: ApexClient, args: argparse.Namespace) -> int:
 
 
 def plot_profile(profile: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-    except ImportError:
-        print("(no matplotlib: pip install 'apex-serve[plot]' for the PNG)", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(2, 2, figsize=(11, 8))
     lin = profile["linear"]

@@ -74,6 +74,12 @@ class PagedKVCache:
         return sum(t.nbytes for t in self.k) + sum(t.nbytes for t in self.v)
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): timings must include it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Same arithmetic as transformers' LlamaRMSNorm: normalise in fp32, scale in dtype.
     xf = x.float()

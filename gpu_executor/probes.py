@@ -15,18 +15,13 @@ from collections.abc import Callable
 import torch
 
 from gpu_executor.cpu_link import CpuRows
-from gpu_executor.llama import LlamaRunner, rms_norm
+from gpu_executor.llama import LlamaRunner, rms_norm, sync
 
 KINDS = ("linear", "gpu_attention", "cpu_attention", "head", "transfer")
 
 
 class ProbeError(ValueError):
     """A probe this executor cannot run as asked (the message says why)."""
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_it(fn: Callable[[int], None], repeats: int, device: torch.device) -> tuple[float, float]:

@@ -20,7 +20,7 @@ from common.grpc_server import serve_until_signalled, setup_logging
 from cpu_executor.shm import SharedMemoryError
 from gpu_executor.batch import SeqInput, pack
 from gpu_executor.cpu_link import CpuExecutorLost, CpuLink
-from gpu_executor.llama import LlamaRunner
+from gpu_executor.llama import LlamaRunner, sync
 from gpu_executor.probes import ProbeError, probe
 from gpu_executor.sampler import RowSampling, sample
 
@@ -161,11 +161,6 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
                 cpu_join_wait_s=link.join_wait_s if batch.cpu else 0.0,
             ),
         )
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def device_name(device: torch.device) -> str:
