@@ -86,7 +86,8 @@ class Scheduler:
         self.num_swap_ins = 0
         self._out: list[tuple[int, int]] = []
         self._in: list[tuple[int, int]] = []
-        self.future_free = 0  # GPU blocks free once GPU requests have grown to the end
+        # GPU blocks free once GPU requests have grown to the end (None: not counted yet)
+        self.future_free: int | None = None
 
     def set_policy(self, policy: Policy) -> None:
         """Live switch: takes effect at the next schedule(); nothing running moves now.
@@ -137,9 +138,7 @@ class Scheduler:
         preempted: list[Request] = []
         decodes = self.grow_running(preempted)
         self.move_to_targets(decodes)
-        # Once per iteration: a block allocated for growth lowers the free count and the
-        # growth still to come alike, so only moves and admissions change it from here.
-        self.future_free = self.gpu_future_free(decodes) if self.waiting or self.cpu else 0
+        self.future_free = None  # counted when swap-in or admission first needs it
         if not preempted:
             self.swap_in_when_room(decodes)
         self.running = decodes
@@ -227,6 +226,7 @@ class Scheduler:
         parked = [*self.swapped, *(r for r in decodes if r.tier is Tier.CPU and not r.pinned)]
         if not parked:
             return
+        self.count_future_free(decodes)
         parked.sort(key=lambda r: r.arrival_time)
         for req in parked:
             future = self.future_blocks(req)
@@ -273,6 +273,13 @@ class Scheduler:
             min(req.num_tokens + req.remaining_tokens, self.config.max_model_len)
         )
 
+    def count_future_free(self, running: list[Request]) -> None:
+        """At most once per iteration: a block allocated for growth lowers the free count
+        and the growth still to come alike, so from here only moves and admissions change
+        it, and they keep `future_free` up to date themselves."""
+        if self.future_free is None:
+            self.future_free = self.gpu_future_free(running)
+
     def gpu_future_free(self, running: list[Request]) -> int:
         """Free GPU blocks less what the running GPU requests will still grow into."""
         growth = sum(
@@ -289,6 +296,8 @@ class Scheduler:
         seqs: list[SeqPlan] = []
         admitted: list[Request] = []
         budget = cfg.max_num_batched_tokens
+        if self.waiting:
+            self.count_future_free(self.running)
         while self.waiting and len(self.running) < cfg.max_num_seqs:
             req = self.waiting[0]
             n = req.num_tokens

@@ -34,6 +34,7 @@ class Strategy(enum.Enum):
 class CostModel(Protocol):
     """Per-layer subtask times; a spec-derived or a measured profile provides them."""
 
+    name: str
     num_layers: int
 
     def overhead_s(self, rows: int) -> float:
@@ -155,10 +156,8 @@ def plan_s(cost: CostModel, seqs: list[SeqPlan], strategy: Strategy, k: int) -> 
 
 
 def best_decision(cost: CostModel, w: Work, allowed: tuple[Strategy, ...]) -> Decision:
-    if not w.cpu_context:
-        layer = cost.linear_s(w.tokens) + cost.gatt_s(w.gpu_context, w.gpu_rows)
-        t = iteration_s(cost, layer, w.rows)
-        return Decision(Strategy.GPU_ONLY, 0, t)
+    if not w.cpu_context:  # overlap with nothing on the CPU is the GPU-only step
+        return Decision(Strategy.GPU_ONLY, 0, overlap_s(cost, w))
     options: list[Decision] = []
     if Strategy.OVERLAP in allowed:
         options.append(Decision(Strategy.OVERLAP, 0, overlap_s(cost, w)))

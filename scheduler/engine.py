@@ -214,9 +214,9 @@ class Engine:
     def use_profile(self, cost: CostModel) -> None:
         """A new cost model: the policy is rebuilt on it, keeping its name and bound."""
         self.cost = cost
-        self.profile_name = getattr(cost, "name", "")
+        self.profile_name = cost.name
         p = self.scheduler.policy
-        self.scheduler.set_policy(make_policy(p.name, cost, getattr(p, "tpot_slo_s", None)))
+        self.scheduler.set_policy(make_policy(p.name, cost, p.tpot_slo_s))
 
     async def held(self) -> bool:
         """Called with `hold` taken: waits out the iteration in flight; True if no

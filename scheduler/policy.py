@@ -26,7 +26,6 @@ How each strategy's time is predicted: `scheduler/cost_model.py`.
 
 from __future__ import annotations
 
-import itertools
 import math
 import statistics
 from collections import deque
@@ -82,6 +81,7 @@ class Policy:
     name = "base"
     cpu_attention = True  # False: the CPU tier only parks preempted requests
     strategies: tuple[Strategy, ...] = (Strategy.OVERLAP,)
+    tpot_slo_s: float | None = None  # a TPOT bound, for the policies that keep one
 
     def __init__(self, cost: CostModel | None) -> None:
         self.cost = cost
@@ -200,7 +200,7 @@ class NeoPolicy(CostedPolicy):
         base = work_of(gpu)
         gatt = self.cost.gatt_s(base.gpu_context, base.gpu_rows)
         chosen: list[SeqPlan] = []
-        prefix = [0.0]  # running sums of the chosen rows' contexts, grown one at a time
+        prefix = [0.0]  # running sums of the chosen rows' contexts
         too_long = float("inf")  # after a row that does not hide, only shorter ones try
         for row in cpu:
             c = float(row.start_pos + 1)
@@ -212,7 +212,7 @@ class NeoPolicy(CostedPolicy):
             else:
                 prefix.pop()
                 too_long = c
-        ctx = [b - a for a, b in itertools.pairwise(prefix)]
+        ctx = tuple(float(row.start_pos + 1) for row in chosen)
         if not gpu:
             return chosen or cpu[:1]  # nothing to hide under: still make progress
         alone = best_decision(self.cost, base, ()).predicted_s
@@ -220,7 +220,7 @@ class NeoPolicy(CostedPolicy):
             base.tokens + len(ctx),
             base.rows + len(ctx),
             base.gpu_context,
-            tuple(ctx),
+            ctx,
             base.gpu_rows,
         )
         piped = pipeline_s(self.cost, both)[0] if ctx else float("inf")

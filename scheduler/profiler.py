@@ -121,7 +121,8 @@ class Profiler:
             yield Progress(i + 1, total, f"{p.kind} {size}: {r.seconds * 1e3:.3f} ms")
         profile = self.assemble(results)
         rows = [r for r in g.head_rows if r <= self.max_rows]
-        seconds = [await self.iteration_overhead(r, g.overhead_steps, profile) for r in rows]
+        model = MeasuredProfile.from_dict(profile)  # the subtasks, to subtract
+        seconds = [await self.iteration_overhead(r, g.overhead_steps, model) for r in rows]
         profile["iteration_overhead"] = {"rows": rows, "seconds": seconds}
         path = self.save(profile)
         said = ", ".join(f"{r} rows {s * 1e3:.2f}" for r, s in zip(rows, seconds, strict=True))
@@ -163,7 +164,7 @@ class Profiler:
             "cpu_kv_capacity_tokens": self.cpu_tokens,
         }
 
-    async def iteration_overhead(self, rows: int, steps: int, profile: dict) -> float:
+    async def iteration_overhead(self, rows: int, steps: int, model: MeasuredProfile) -> float:
         """A real Step of `rows` one-token decode rows, less the subtasks the profile
         accounts for: what packing, sampling and the RPC cost per iteration, by rows."""
         seqs = [
@@ -182,7 +183,6 @@ class Profiler:
             t = time.perf_counter()
             await self.executors.gpu.stub.Step(req, timeout=600)
             times.append(time.perf_counter() - t)
-        model = MeasuredProfile.from_dict(profile)
         layer = model.linear_s(rows) + model.gatt_s(rows, rows)
         subtasks = self.num_layers * layer + model.head_s(rows)
         return max(0.0, statistics.median(times[1:]) - subtasks)

@@ -119,7 +119,7 @@ def policy_info(e: Engine) -> admin_pb2.PolicyInfo:
     p = e.scheduler.policy
     return admin_pb2.PolicyInfo(
         name=p.name,
-        tpot_slo_ms=getattr(p, "tpot_slo_s", 0.0) * 1e3,
+        tpot_slo_ms=(p.tpot_slo_s or 0.0) * 1e3,
         profile=e.profile_name,
         description=p.describe(),
     )
@@ -181,8 +181,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if request.name:
             if request.tpot_slo_ms < 0 or request.tpot_slo_ms != request.tpot_slo_ms:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tpot_slo_ms: must be >= 0")
-            keep = getattr(s.policy, "tpot_slo_s", None)
-            slo = request.tpot_slo_ms / 1e3 if request.tpot_slo_ms else keep
+            slo = request.tpot_slo_ms / 1e3 if request.tpot_slo_ms else s.policy.tpot_slo_s
             try:
                 policy = make_policy(request.name, e.cost, slo)
             except ValueError as err:

@@ -14,7 +14,6 @@ from collections import deque
 from dataclasses import dataclass
 
 from scheduler.core import StepPlan
-from scheduler.request import Tier
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Trace:
     def record(
         self, plan: StepPlan, policy: str, predicted_s: float | None, measured_s: float
     ) -> IterationRecord:
-        cpu = sum(1 for s in plan.seqs if s.tier is Tier.CPU)
+        cpu = plan.num_cpu_rows
         decode = sum(1 for s in plan.seqs if not s.is_prefill)
         rec = IterationRecord(
             step_id=plan.step_id,
