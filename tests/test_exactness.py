@@ -50,6 +50,18 @@ def run_concurrently(
         return list(pool.map(one, range(len(prompts))))
 
 
+def run_under_pressure(stack: Stack, seed: int) -> tuple[list[list[int]], list]:
+    """The six staggered requests that outgrow a 24-block GPU tier (the preemption,
+    swap and policy tests all use them): their prompts and results."""
+    with stack.client() as c:
+        vocab = c.model_info().vocab_size
+    prompts = make_prompts(vocab, seed=seed, lengths=PREEMPT_PROMPT_LENGTHS)
+    results = run_concurrently(
+        stack, prompts, stagger_s=0.005, output_lengths=PREEMPT_OUTPUT_LENGTHS
+    )
+    return prompts, results
+
+
 def assert_matches_hf(
     model: Path, prompts: list[list[int]], results, output_lengths: list[int] = OUTPUT_LENGTHS
 ) -> None:
@@ -88,12 +100,7 @@ def test_greedy_exact_under_preemption(preset, models, tmp_path):
     # the scheduler must preempt and recompute, and still match token for token.
     args = ["--gpu-blocks", "24", "--max-model-len", "384"]
     with running_stack(models[preset], tmp_path, scheduler_args=args) as stack:
-        with stack.client() as c:
-            vocab = c.model_info().vocab_size
-        prompts = make_prompts(vocab, seed=7, lengths=PREEMPT_PROMPT_LENGTHS)
-        results = run_concurrently(
-            stack, prompts, stagger_s=0.005, output_lengths=PREEMPT_OUTPUT_LENGTHS
-        )
+        prompts, results = run_under_pressure(stack, seed=7)
         with stack.client() as c:
             status = c.status()
         assert status.preemptions > 0, "the block budget was meant to force preemption"

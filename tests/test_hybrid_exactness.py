@@ -14,10 +14,10 @@ from tests.conftest import hf_greedy
 from tests.stack import running_stack
 from tests.test_exactness import (
     PREEMPT_OUTPUT_LENGTHS,
-    PREEMPT_PROMPT_LENGTHS,
     assert_matches_hf,
     make_prompts,
     run_concurrently,
+    run_under_pressure,
 )
 
 
@@ -65,12 +65,7 @@ def test_mixed_placement_with_swap_out_under_pressure(preset, strategy, models, 
     with running_stack(
         models[preset], tmp_path, scheduler_args=args, cpu_executor_args=[]
     ) as stack:
-        with stack.client() as c:
-            vocab = c.model_info().vocab_size
-        prompts = make_prompts(vocab, seed=5, lengths=PREEMPT_PROMPT_LENGTHS)
-        results = run_concurrently(
-            stack, prompts, stagger_s=0.005, output_lengths=PREEMPT_OUTPUT_LENGTHS
-        )
+        prompts, results = run_under_pressure(stack, seed=5)
         with stack.client() as c:
             st = c.status()
             trace = c.trace(0)
@@ -100,12 +95,7 @@ def test_swap_mode_parks_requests_and_brings_them_back(models, tmp_path):
     with running_stack(
         models["tiny"], tmp_path, scheduler_args=args, cpu_executor_args=[]
     ) as stack:
-        with stack.client() as c:
-            vocab = c.model_info().vocab_size
-        prompts = make_prompts(vocab, seed=3, lengths=PREEMPT_PROMPT_LENGTHS)
-        results = run_concurrently(
-            stack, prompts, stagger_s=0.005, output_lengths=PREEMPT_OUTPUT_LENGTHS
-        )
+        prompts, results = run_under_pressure(stack, seed=3)
         with stack.client() as c:
             st = c.status()
         assert st.swap_outs > 0 and st.swap_ins == st.swap_outs and st.preemptions == 0

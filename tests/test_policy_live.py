@@ -12,13 +12,7 @@ from apex.v1 import admin_pb2
 
 from tests.stack import running_stack
 from tests.test_cli import BIN, run
-from tests.test_exactness import (
-    PREEMPT_OUTPUT_LENGTHS,
-    PREEMPT_PROMPT_LENGTHS,
-    assert_matches_hf,
-    make_prompts,
-    run_concurrently,
-)
+from tests.test_exactness import PREEMPT_OUTPUT_LENGTHS, assert_matches_hf, run_under_pressure
 
 ARGS = [
     "--gpu-blocks",
@@ -42,7 +36,6 @@ def test_switching_policies_live_keeps_greedy_exact(models, tmp_path):
     model = models["tiny-gqa"]
     with running_stack(model, tmp_path, scheduler_args=ARGS, cpu_executor_args=[]) as stack:
         with stack.client() as c:
-            vocab = c.model_info().vocab_size
             assert c.policy().name == "gpu-only" and c.policy().profile == "t4-llama2-7b-fp16-spec"
         seen: dict[str, set[str]] = {}
         for i, (name, extra) in enumerate(
@@ -50,10 +43,7 @@ def test_switching_policies_live_keeps_greedy_exact(models, tmp_path):
         ):
             r = apexctl(stack, "policy", name, *extra)
             assert r.returncode == 0 and f"switched to {name}" in r.stdout, r.stderr
-            prompts = make_prompts(vocab, seed=20 + i, lengths=PREEMPT_PROMPT_LENGTHS)
-            results = run_concurrently(
-                stack, prompts, stagger_s=0.005, output_lengths=PREEMPT_OUTPUT_LENGTHS
-            )
+            prompts, results = run_under_pressure(stack, seed=20 + i)
             assert_matches_hf(model, prompts, results, PREEMPT_OUTPUT_LENGTHS)
             r = apexctl(stack, "trace", "--limit", "0", "--json")
             assert r.returncode == 0, r.stderr
