@@ -12,8 +12,8 @@ which G rows attend on the GPU and C rows on the CPU:
     catt(C)     = CPU KV bytes read by the C rows / CPU attention rate + data-plane round trip
     transfer(C) = C x (q, k, v out + attention back) bytes / PCIe bandwidth
 
-How the subtasks compose into an iteration under each strategy is the policy's
-business (`scheduler/policy.py`): the same formulas drive the simulator's clock and the
+How the subtasks compose into an iteration under each strategy is
+`scheduler/cost_model.py`: the same formulas drive the simulator's clock and the
 policies' predictions.
 """
 
@@ -54,10 +54,10 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
-        p = Path(path)
-        if not p.is_file():
-            p = PROFILE_DIR / f"{path}.json"
-        data = json.loads(p.read_text())
+        return cls.from_dict(json.loads(profile_path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Profile:
         fields = {k: v["value"] if isinstance(v, dict) else v for k, v in data["figures"].items()}
         return cls(name=data["name"], device=data["device"], model=data["model"], **fields)
 
@@ -110,17 +110,23 @@ def profile_key(
     return f"{shape}/{dtype}/{device_name}/cpu-kv:{cpu_kv_dtype or 'none'}"
 
 
+def profile_path(path: str | Path) -> Path:
+    """A JSON file, or the name of one shipped in scheduler/profiles/."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = PROFILE_DIR / f"{path}.json"
+    if not shipped.is_file():
+        raise ValueError(f"no profile file {path} (nor {shipped})")
+    return shipped
+
+
 def load_profile(path: str | Path) -> Profile | MeasuredProfile:
     """A spec-derived or a measured profile, by path or by shipped name."""
-    p = Path(path)
-    if not p.is_file():
-        p = PROFILE_DIR / f"{path}.json"
-    if not p.is_file():
-        raise ValueError(f"no profile file {path} (nor {p})")
-    data = json.loads(p.read_text())
+    data = json.loads(profile_path(path).read_text())
     if data.get("kind") == "measured":
         return MeasuredProfile.from_dict(data)
-    return Profile.load(p)
+    return Profile.from_dict(data)
 
 
 def find_profile(key: str) -> Path | None:
