@@ -25,12 +25,16 @@ class Curve:
             raise ValueError(f"curve x values must increase: {self.xs}")
 
     def __call__(self, x: float) -> float:
-        xs, ys = self.xs, self.ys
-        if len(xs) == 1 or x <= xs[0]:
-            return ys[0]
-        i = min(bisect.bisect_right(xs, x), len(xs) - 1)
-        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-        return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+        return interpolate(self.xs, self.ys, x)
+
+
+def interpolate(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> float:
+    """Piecewise linear through (xs, ys), extended along the last segment past the end."""
+    if len(xs) == 1 or x <= xs[0]:
+        return ys[0]
+    i = min(bisect.bisect_right(xs, x), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,10 @@ class Grid:
         )
 
     def __call__(self, rows: float, context_per_row: float) -> float:
-        at = [c(context_per_row) for c in self.curves]
+        at = tuple(c(context_per_row) for c in self.curves)
         if rows >= self.rows[-1]:
             return at[-1] * rows / self.rows[-1]
-        return Curve(tuple(float(r) for r in self.rows), tuple(at))(rows)
+        return interpolate(self.rows, at, rows)  # no Curve: this runs per prediction
 
 
 @dataclass(frozen=True)
