@@ -1,5 +1,6 @@
-"""What every benchmark script shares: the machine's name, percentiles, medians of
-repeated timings, and writing the JSON report beside the others."""
+"""What every benchmark script shares: the machine's name, medians of repeated
+timings, and writing the JSON report beside the others. (Percentiles: the simulator's
+`pct`, one definition for benchmarks, simulator and `apexctl bench`.)"""
 
 from __future__ import annotations
 
@@ -21,11 +22,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
 
 
 def median_time(fn: Callable[[], object], reps: int) -> float:

@@ -20,10 +20,11 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from benchmarks.common import RESULTS, cpu_name, pct, save
+from benchmarks.common import RESULTS, cpu_name, save
 from clients.apex_client import ApexClient
 from gpu_executor.model_init import init_model
 from scheduler.launcher import local_stack
+from scheduler.simulator import pct
 
 
 def workload(n: int, vocab: int, seed: int) -> tuple[list[list[int]], list[int]]:
