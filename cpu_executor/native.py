@@ -1,7 +1,7 @@
 """Build (once, from source) and load the APEX CPU kernels; typed ctypes entry points.
 
-The library is plain C with OpenMP, compiled for this machine (-march=native) into a
-cache folder keyed by the source's hash, so an edit rebuilds it and two checkouts never
+The library is plain C with OpenMP (`csrc/`), compiled for this machine (-march=native)
+into a cache folder keyed by the sources' hash, so an edit rebuilds it and two checkouts never
 share a stale build. ctypes releases the GIL for the duration of every call.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-SOURCE = Path(__file__).parent / "csrc" / "apex_cpu.c"
+CSRC = Path(__file__).parent / "csrc"
 DTYPE_CODES = {"float32": 0, "float16": 1, "bfloat16": 2}
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -37,8 +37,13 @@ def cflags() -> list[str]:
     return os.environ.get("APEX_CFLAGS", "-O3 -march=native -fno-math-errno").split()
 
 
+def sources() -> list[Path]:
+    return sorted(CSRC.glob("*.c"))
+
+
 def library_path() -> Path:
-    key = SOURCE.read_bytes() + " ".join(cflags()).encode()
+    files = sorted(CSRC.glob("*.[ch]"))
+    key = b"".join(f.read_bytes() for f in files) + " ".join(cflags()).encode()
     digest = hashlib.sha256(key).hexdigest()[:16]
     return build_dir() / f"libapex_cpu-{digest}.so"
 
@@ -59,7 +64,7 @@ def build(force: bool = False) -> Path:
         "-fPIC",
         "-shared",
         "-std=gnu11",
-        str(SOURCE),
+        *map(str, sources()),
         "-o",
         str(tmp),
         "-lm",

@@ -14,6 +14,9 @@ import pytest
 from cpu_executor.attention import AttnShape, OrtAttention, append_kv, kernel_attention
 
 SHAPES = [AttnShape(4, 4, 32, 16), AttnShape(8, 2, 16, 16), AttnShape(32, 8, 128, 16)]
+# Block sizes the vector lanes do not divide (8: one token at a time), that span two
+# vectors (32) or five, with a tile of one block (80).
+BLOCK_SHAPES = [AttnShape(8, 2, 32, 8), AttnShape(8, 2, 32, 32), AttnShape(12, 4, 16, 80)]
 TOL = {"float32": 2e-5, "float16": 2e-5, "bfloat16": 2e-5}  # fp32 q/out: cache rounding is in ref
 OUT_TOL = {np.float32: 2e-5, np.float16: 2e-3}
 
@@ -44,8 +47,22 @@ def random_case(rng: np.random.Generator, shape: AttnShape, dtype: str, rows: in
     tables = perm.reshape(rows, max_blocks)
     dims = (num_blocks, s.num_kv_heads, s.block_size, s.head_dim)
     k_dims = (num_blocks, s.num_kv_heads, s.head_dim, s.block_size)  # K transposed per block
-    k_cache = to_storage(rng.standard_normal(k_dims, np.float32), dtype)
-    v_cache = to_storage(rng.standard_normal(dims, np.float32), dtype)
+    k = rng.standard_normal(k_dims, np.float32)
+    v = rng.standard_normal(dims, np.float32)
+    # Every slot past a row's context, and every block no row owns, holds NaN: a kernel
+    # that lets one of them into a score or a sum fails the comparison.
+    owned = np.zeros((num_blocks, s.block_size), bool)
+    for r, n in enumerate(lens):
+        t = np.arange(n)
+        owned[tables[r, t // s.block_size], t % s.block_size] = True
+    k[
+        ~owned.repeat(s.num_kv_heads, 0)
+        .reshape(num_blocks, s.num_kv_heads, 1, -1)
+        .repeat(s.head_dim, 2)
+    ] = np.nan
+    v[~owned[:, None, :, None].repeat(s.num_kv_heads, 1).repeat(s.head_dim, 3)] = np.nan
+    k_cache = to_storage(k, dtype)
+    v_cache = to_storage(v, dtype)
     q = rng.standard_normal((rows, s.num_heads, s.head_dim), np.float32)
     return q, k_cache, v_cache, tables, lens
 
@@ -73,7 +90,9 @@ def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize(
-    "shape", SHAPES, ids=lambda s: f"h{s.num_heads}kv{s.num_kv_heads}d{s.head_dim}"
+    "shape",
+    SHAPES + BLOCK_SHAPES,
+    ids=lambda s: f"h{s.num_heads}kv{s.num_kv_heads}d{s.head_dim}bs{s.block_size}",
 )
 @pytest.mark.parametrize("chunk", [0, 48])  # 48: force split-K with merges on every row
 def test_kernel_matches_reference(dtype, shape, chunk):
