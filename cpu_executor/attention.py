@@ -9,6 +9,7 @@ faster depends on batch, context and dtype, so `PathChooser` measures instead of
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,10 +65,12 @@ def kernel_attention(
     shape: AttnShape,
     threads: int,
     chunk_tokens: int = 0,
+    lib: ctypes.CDLL | None = None,
 ) -> None:
-    """q, out: [R, H, d] contiguous, same dtype; block_tables [R, max_blocks] int32."""
+    """q, out: [R, H, d] contiguous, same dtype; block_tables [R, max_blocks] int32.
+    lib: another build of the kernels (the benchmark's memory twin); default ours."""
     rows = q.shape[0]
-    rc = native.lib().apex_paged_decode_attention(
+    rc = (lib or native.lib()).apex_paged_decode_attention(
         native.ptr(q),
         native.dtype_code(q),
         native.ptr(k_cache),

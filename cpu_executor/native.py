@@ -41,15 +41,15 @@ def sources() -> list[Path]:
     return sorted(CSRC.glob("*.c"))
 
 
-def library_path() -> Path:
+def library_path(extra: tuple[str, ...] = ()) -> Path:
     files = sorted(CSRC.glob("*.[ch]"))
-    key = b"".join(f.read_bytes() for f in files) + " ".join(cflags()).encode()
+    key = b"".join(f.read_bytes() for f in files) + " ".join(cflags() + list(extra)).encode()
     digest = hashlib.sha256(key).hexdigest()[:16]
     return build_dir() / f"libapex_cpu-{digest}.so"
 
 
-def build(force: bool = False) -> Path:
-    out = library_path()
+def build(force: bool = False, extra: tuple[str, ...] = ()) -> Path:
+    out = library_path(extra)
     if out.is_file() and not force:
         return out
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -60,6 +60,7 @@ def build(force: bool = False) -> Path:
     cmd = [
         cc,
         *cflags(),
+        *extra,
         "-fopenmp",
         "-fPIC",
         "-shared",
@@ -82,6 +83,12 @@ def lib() -> ctypes.CDLL:
         if _lib is None:
             _lib = _declare(ctypes.CDLL(str(build())))
         return _lib
+
+
+def loads_only_twin() -> ctypes.CDLL:
+    """The attention kernel built with -DAPEX_LOADS_ONLY: its loads and prefetches without
+    its arithmetic (wrong results), for benchmarks only."""
+    return _declare(ctypes.CDLL(str(build(extra=("-DAPEX_LOADS_ONLY",)))))
 
 
 def _declare(so: ctypes.CDLL) -> ctypes.CDLL:

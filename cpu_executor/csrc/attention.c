@@ -8,6 +8,9 @@
  * specialised per storage dtype (no per-element branches), the accumulators stay in
  * registers (scores leave as whole vectors, never lane by lane), the FMA chains are
  * independent enough to cover their latency, and the softmax is vectorised.
+ * Built with -DAPEX_LOADS_ONLY it is its own memory twin: the same loops, loads and
+ * prefetches without the FMAs, which the benchmark times beside it to tell how much of
+ * its time the arithmetic costs beyond reading (wrong results: never served).
  */
 #include <stdlib.h>
 
@@ -46,10 +49,15 @@ ALWAYS_INLINE void qk_chunk(const float *q, const int HB, const int d, const cha
             prefetch_span(pf1 + x * row, 2 * (int)row);
         }
         vf k0 = ldx(p + x * row, DT), k1 = ldx(p + (x + 1) * row, DT);
+#ifdef APEX_LOADS_ONLY /* the memory twin (benchmarks): same loads, no arithmetic */
+        a0[0] += k0;
+        a1[0] += k1;
+#else
         for (int h = 0; h < HB; h++) {
             a0[h] += bcast(q[h * d + x]) * k0;
             a1[h] += bcast(q[h * d + x + 1]) * k1;
         }
+#endif
     }
     for (int h = 0; h < HB; h++) stv(s + (size_t)h * ss, a0[h] + a1[h]);
 }
@@ -69,10 +77,14 @@ ALWAYS_INLINE void pv_block(float *acc, const int HB, const int NV, const int d,
             if (PF) prefetch_span(pf[i] + (size_t)x * esz, NV * VW * esz);
             vf vv[2];
             for (int u = 0; u < NV; u++) vv[u] = ldx(v[i] + (size_t)(x + u * VW) * esz, DT);
+#ifdef APEX_LOADS_ONLY
+            for (int u = 0; u < NV; u++) a[0][u] += vv[u];
+#else
             for (int h = 0; h < HB; h++) {
                 vf pb = bcast(p[(size_t)h * ps + i]);
                 for (int u = 0; u < NV; u++) a[h][u] += pb * vv[u];
             }
+#endif
         }
         for (int h = 0; h < HB; h++)
             for (int u = 0; u < NV; u++) stv(acc + (size_t)h * d + x + u * VW, a[h][u]);
