@@ -171,9 +171,9 @@ static int region_rows(const char **rows, const char *cache, int esz, const int3
     return i;
 }
 
-/* Online-softmax step for one head over a tile of n scores (nv = n rounded up to VW,
- * lanes [n, nv) already -inf): s becomes exp(s - new max); l, acc are rescaled. */
-static void softmax_tile(float *s, int n, int nv, float *m, float *l, float *acc, int d) {
+/* Online-softmax step for one head over a tile of nv scores (the tile's n rounded up to
+ * VW, lanes past n already -inf): s becomes exp(s - new max); l, acc are rescaled. */
+static void softmax_tile(float *s, int nv, float *m, float *l, float *acc, int d) {
     vf mx = bcast(*m);
     for (int i = 0; i < nv; i += VW) mx = vmax(mx, ldv(s + i));
     const float mt = hmax(mx), c = expf(*m - mt);
@@ -184,7 +184,6 @@ static void softmax_tile(float *s, int n, int nv, float *m, float *l, float *acc
         stv(s + i, e);
         sum += e;
     }
-    (void)n;
     *l = *l * c + hsum(sum);
     if (c != 1.f) {
         const vf cv = bcast(c);
@@ -200,7 +199,7 @@ static void softmax_tile(float *s, int n, int nv, float *m, float *l, float *acc
  * each K row serves the G query heads of its KV head), then the values per KV head over
  * the whole tile, so the PV accumulators stay in registers for T rows. Leaves per head
  * the running max m, sum l and unnormalised acc for the caller to finish or merge.
- * s: H x T floats of scratch; rows: T pointers.
+ * s: H x T floats of scratch; rows, pf_rows: T pointers each.
  */
 ALWAYS_INLINE void attend_heads(const float *q, int G, int J, const char *k_cache,
                                 const char *v_cache, const int DT, const int32_t *table, int bs,
@@ -226,7 +225,7 @@ ALWAYS_INLINE void attend_heads(const float *q, int G, int J, const char *k_cach
         }
         for (int h = 0; h < H; h++) {
             for (int i = n; i < nv; i++) s[(size_t)h * T + i] = -INFINITY; /* past the context */
-            softmax_tile(s + (size_t)h * T, n, nv, m + h, l + h, acc + (size_t)h * d, d);
+            softmax_tile(s + (size_t)h * T, nv, m + h, l + h, acc + (size_t)h * d, d);
         }
         /* the next tile's K is asked for while this tile's values are summed: an equal
          * share of its regions per KV head, then (past them) V's own rows, in cache */
