@@ -24,15 +24,17 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def timed(fn: Callable[[], object]) -> float:
+    """Wall time of one run of fn."""
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def median_time(fn: Callable[[], object], reps: int) -> float:
     """Median wall time of fn over reps runs, after one warm-up run."""
     fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(timed(fn) for _ in range(reps))
 
 
 def save(report: dict, out: Path) -> None:

@@ -17,23 +17,16 @@ import argparse
 import ctypes
 import os
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, cpu_name, save
+from benchmarks.common import RESULTS, cpu_name, save, timed
 from cpu_executor import native
 from cpu_executor.attention import AttnShape, OrtAttention, kernel_attention
 from cpu_executor.layout import ITEM
 
 SHAPE = AttnShape(num_heads=32, num_kv_heads=8, head_dim=128, block_size=16)
-
-
-def timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def storage(x: np.ndarray, dtype: str) -> np.ndarray:
