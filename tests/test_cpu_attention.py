@@ -55,12 +55,8 @@ def random_case(rng: np.random.Generator, shape: AttnShape, dtype: str, rows: in
     for r, n in enumerate(lens):
         t = np.arange(n)
         owned[tables[r, t // s.block_size], t % s.block_size] = True
-    k[
-        ~owned.repeat(s.num_kv_heads, 0)
-        .reshape(num_blocks, s.num_kv_heads, 1, -1)
-        .repeat(s.head_dim, 2)
-    ] = np.nan
-    v[~owned[:, None, :, None].repeat(s.num_kv_heads, 1).repeat(s.head_dim, 3)] = np.nan
+    k[np.broadcast_to(~owned[:, None, None, :], k.shape)] = np.nan  # [blocks][kvh][d][bs]
+    v[np.broadcast_to(~owned[:, None, :, None], v.shape)] = np.nan  # [blocks][kvh][bs][d]
     k_cache = to_storage(k, dtype)
     v_cache = to_storage(v, dtype)
     q = rng.standard_normal((rows, s.num_heads, s.head_dim), np.float32)
