@@ -4,10 +4,11 @@
  *
  * Why it is written the way it is (numbers in benchmarks/README.md): at 4 query heads per
  * KV head the loops do one FMA per 4 bytes of fp32 KV and per 2 bytes of 16-bit KV, so on
- * a few cores 16-bit storage is bound by FMA issue, not by memory. Hence every loop is
- * specialised per storage dtype (no per-element branches), the accumulators stay in
- * registers (scores leave as whole vectors, never lane by lane), the FMA chains are
- * independent enough to cover their latency, and the softmax is vectorised.
+ * a few cores the arithmetic is as costly as the reads and must hide under them. Hence
+ * every loop is specialised per storage dtype (no per-element branches), the
+ * accumulators stay in registers (scores leave as whole vectors, never lane by lane), the
+ * FMA chains are independent enough to cover their latency, the softmax is vectorised,
+ * and what the next steps read is prefetched in step with the current loads.
  * Built with -DAPEX_LOADS_ONLY it is its own memory twin: the same loops, loads and
  * prefetches without the FMAs, which the benchmark times beside it to tell how much of
  * its time the arithmetic costs beyond reading (wrong results: never served).
@@ -146,8 +147,8 @@ ALWAYS_INLINE void qk_block(const float *q, int G, int J, const char *k_cache,
     }
 }
 
-/* Pointers to the rows of d elements of tokens [t0, t0+n) of one KV head, in place (a
- * block's V rows, or its K region cut into rows of the same size), t0 % bs == 0. */
+/* Pointers to the V rows (d elements each) of tokens [t0, t0+n) of one KV head, in place,
+ * t0 % bs == 0. */
 static void head_rows(const char **rows, const char *cache, int esz, const int32_t *table, int j,
                       int kvh, int bs, int d, int t0, int n) {
     const int32_t *block = table + t0 / bs;
