@@ -11,6 +11,8 @@ WORKDIR /app
 COPY pyproject.toml README.md Makefile ./
 COPY protos ./protos
 COPY common ./common
+COPY dataplane ./dataplane
+COPY launcher ./launcher
 COPY scheduler ./scheduler
 COPY gpu_executor ./gpu_executor
 COPY cpu_executor ./cpu_executor

@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m cpu_executor.native   # build the CPU kernels for this machine
+	$(PY) -m dataplane.native   # build the CPU kernels for this machine
 	touch $@
 
 setup: $(VENV)/.installed

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, cpu_name, save, timed
-from cpu_executor import native
 from cpu_executor.attention import AttnShape, OrtAttention, kernel_attention
-from cpu_executor.layout import ITEM
+from dataplane import native
+from dataplane.layout import ITEM
 
 SHAPE = AttnShape(num_heads=32, num_kv_heads=8, head_dim=128, block_size=16)
 

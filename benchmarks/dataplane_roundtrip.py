@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import RESULTS, cpu_name, save
-from cpu_executor.dataplane import Exchange
-from cpu_executor.layout import ExchangeLayout, layer_in, layer_out
-from cpu_executor.shm import Segment, unique_name
+from dataplane.exchange import Exchange
+from dataplane.layout import ExchangeLayout, layer_in, layer_out
+from dataplane.shm import Segment, unique_name
 from gpu_executor.cpu_link import torch_view
 
 LAYOUT = ExchangeLayout(

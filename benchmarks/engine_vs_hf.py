@@ -23,8 +23,8 @@ from transformers import AutoModelForCausalLM
 from benchmarks.common import RESULTS, cpu_name, save
 from clients.apex_client import ApexClient
 from gpu_executor.model_init import init_model
-from scheduler.launcher import local_stack
-from scheduler.simulator import pct
+from launcher.stack import local_stack
+from scheduler.sim.simulator import pct
 
 
 def workload(n: int, vocab: int, seed: int) -> tuple[list[list[int]], list[int]]:

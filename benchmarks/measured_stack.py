@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import RESULTS, cpu_name
-from scheduler.launcher import ensure_default_model, local_stack
+from launcher.stack import ensure_default_model, local_stack
 
 BIN = Path(sys.executable).parent
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, cpu_name, save
-from scheduler.config import SchedulerConfig
-from scheduler.core import Scheduler
-from scheduler.executor_client import step_request
-from scheduler.policy import make_policy
-from scheduler.profile import Profile
-from scheduler.request import Request, SamplingConfig, Tier
+from scheduler.core.config import SchedulerConfig
+from scheduler.core.scheduler import Scheduler
+from scheduler.costs.profile import Profile
+from scheduler.executors.client import step_request
+from scheduler.policies import make_policy, placement_policy
+from scheduler.types import Request, SamplingConfig, Tier
 
 
 def run(running: int, context: int, iterations: int, policy: str) -> dict:
@@ -31,7 +31,7 @@ def run(running: int, context: int, iterations: int, policy: str) -> dict:
         max_num_batched_tokens=running * context,
         placement="cpu",  # all run: each moves to the CPU tier after its prefill
     )
-    s = Scheduler(cfg, frozenset())
+    s = Scheduler(cfg, frozenset(), placement_policy(cfg.placement))
     for i in range(running):
         s.add(
             Request(

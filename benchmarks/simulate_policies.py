@@ -17,9 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from clients.cli_output import pyplot
-from scheduler.policy import default_tpot_slo
-from scheduler.profile import Profile
-from scheduler.simulator import WORKLOADS, simulate
+from scheduler.costs.profile import Profile
+from scheduler.policies.apex import default_tpot_slo
+from scheduler.sim.simulator import WORKLOADS, simulate
 
 RESULTS = Path(__file__).parent / "results"
 CASES = {  # profile: (arrival rate that saturates its GPU tier, apex bounds to sweep, ms)

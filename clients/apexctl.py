@@ -153,9 +153,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Runs locally: the scheduler on a virtual clock over a profile (no daemon)."""
     from dataclasses import asdict
 
-    from scheduler.policy import POLICIES
-    from scheduler.profile import load_profile
-    from scheduler.simulator import WORKLOADS, simulate
+    from scheduler.costs.profile import load_profile
+    from scheduler.policies import POLICIES
+    from scheduler.sim.simulator import WORKLOADS, simulate
 
     try:
         profile = load_profile(args.profile)

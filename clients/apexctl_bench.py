@@ -108,7 +108,7 @@ def summarise(policy: str, done: list[Done], client: ApexClient, since: int) -> 
         ]
         return statistics.fmean(errs) if errs else float("nan")
 
-    from scheduler.simulator import pct  # the simulator's percentile: same definition
+    from scheduler.sim.simulator import pct  # the simulator's percentile: same definition
 
     ttft = [d.first - d.arrival for d in ok]
     tpot = [(d.end - d.first) / (d.tokens - 1) for d in ok if d.tokens > 1]
@@ -139,7 +139,7 @@ def wait_idle(client: ApexClient, timeout: float = 600.0) -> None:
 
 
 def cmd_bench(client: ApexClient, args: argparse.Namespace) -> int:
-    from scheduler.simulator import WORKLOADS, requests
+    from scheduler.sim.simulator import WORKLOADS, requests
 
     if args.workload not in WORKLOADS:
         raise SystemExit(f"apexctl bench: workload must be one of {sorted(WORKLOADS)}")

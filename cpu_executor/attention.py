@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cpu_executor import native
+from dataplane import native
 
 
 @dataclass(frozen=True)

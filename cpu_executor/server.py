@@ -17,16 +17,16 @@ import grpc
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
 from common.grpc_server import serve_until_signalled, setup_logging
-from cpu_executor.dataplane import Exchange
-from cpu_executor.layout import ExchangeLayout, TierLayout
-from cpu_executor.shm import (
+from cpu_executor.worker import AttentionWorker
+from dataplane.exchange import Exchange
+from dataplane.layout import ExchangeLayout, TierLayout
+from dataplane.shm import (
     SHM_DIR,
     Segment,
     SharedMemoryError,
     remove_stale_segments,
     unique_name,
 )
-from cpu_executor.worker import AttentionWorker
 
 log = logging.getLogger(__name__)
 SERVICE = executor_pb2.DESCRIPTOR.services_by_name["CpuExecutor"].full_name
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     paths = tuple(p for p in args.paths.split(",") if p)
     if not paths or set(paths) - {"kernel", "ort"}:
         raise SystemExit(f"apex-cpu-executor: --paths takes kernel and/or ort, not {args.paths}")
-    from cpu_executor import native
+    from dataplane import native
 
     native.lib()  # build or load the kernels now: a missing compiler fails here, clearly
     if SHM_DIR.is_dir():

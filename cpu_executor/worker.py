@@ -3,7 +3,7 @@
 Per step the GPU executor writes the CPU rows' metadata and bumps STEP; per layer it
 writes the rows' q/k/v and bumps LAYER_IN; this thread appends k/v into the tier,
 attends (the faster path for the shape, as measured), writes the output and bumps
-LAYER_OUT; after the last layer it writes its timings and bumps DONE.
+LAYER_OUT; after the last layer it bumps DONE.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import time
 import numpy as np
 
 from cpu_executor.attention import AttnShape, OrtAttention, PathChooser, append_kv, kernel_attention
-from cpu_executor.dataplane import Exchange
-from cpu_executor.layout import DONE, STEP, TierLayout, layer_in, layer_out
+from dataplane.exchange import Exchange
+from dataplane.layout import DONE, STEP, TierLayout, layer_in, layer_out
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1  # how often an idle worker looks at its stop flag
@@ -74,22 +74,17 @@ class AttentionWorker(threading.Thread):
             width = int(views.header[1])
             tables = np.ascontiguousarray(views.block_tables[:rows, :width])
             for layer in range(self.tier.num_layers):
-                views.timings[layer, 0] = views.timings[layer, 2] = 0.0
                 for part, (lo, hi) in enumerate(parts):
-                    t0 = time.perf_counter()
                     if not self.wait(layer_in(layer, part), step):
                         return
                     t1 = time.perf_counter()
-                    self.attend(layer, lo, hi, tables[lo:hi], views.timings[layer])
-                    t2 = time.perf_counter()
-                    views.timings[layer, 0] += t1 - t0
-                    views.timings[layer, 2] += t2 - t1
-                    self.attention_s += t2 - t1
+                    self.attend(layer, lo, hi, tables[lo:hi])
+                    self.attention_s += time.perf_counter() - t1
                     ex.signal(layer_out(layer, part), step)
             self.steps += 1
             ex.signal(DONE, step)
 
-    def attend(self, layer: int, lo: int, hi: int, tables: np.ndarray, timing_row) -> None:
+    def attend(self, layer: int, lo: int, hi: int, tables: np.ndarray) -> None:
         """Rows [lo, hi) of this step: append their k/v into the tier and attend."""
         views = self.exchange.views
         k_cache, v_cache = self.kv[layer]
@@ -109,4 +104,3 @@ class AttentionWorker(threading.Thread):
                 q, k_cache, v_cache, self.tier.dtype, tables, lens, out, self.shape, self.threads
             )
         self.chooser.record(rows, max_ctx, path, time.perf_counter() - t)
-        timing_row[3] = 1.0 if path == "ort" else 0.0

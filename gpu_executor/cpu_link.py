@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from apex.v1 import executor_pb2
 
-from cpu_executor.dataplane import Exchange
-from cpu_executor.layout import DONE, STEP, ExchangeLayout, TierLayout, layer_in, layer_out
-from cpu_executor.shm import Segment, process_alive
+from dataplane.exchange import Exchange
+from dataplane.layout import DONE, STEP, TierAttachment, layer_in, layer_out
+from dataplane.shm import Segment, process_alive
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 WAIT_SLICE_S = 0.1
@@ -44,23 +43,12 @@ class CpuRows:
 
 class CpuLink:
     def __init__(
-        self, layout: executor_pb2.CpuTierLayout, device: torch.device, timeout_s: float = 30.0
+        self, attachment: TierAttachment, device: torch.device, timeout_s: float = 30.0
     ) -> None:
-        d = layout.dims
-        self.tier = TierLayout(
-            d.num_layers, d.num_blocks, d.block_size, d.num_kv_heads, d.head_dim, d.kv_dtype
-        )
-        self.xl = ExchangeLayout(
-            d.num_layers,
-            d.max_rows,
-            d.max_blocks_per_seq,
-            d.num_heads,
-            d.num_kv_heads,
-            d.head_dim,
-            d.io_dtype,
-        )
-        self.kv_segment = Segment.attach(layout.kv_segment, layout.kv_bytes)
-        self.ex_segment = Segment.attach(layout.exchange_segment, layout.exchange_bytes)
+        self.tier = attachment.tier
+        self.xl = attachment.exchange
+        self.kv_segment = Segment.attach(attachment.kv_segment, attachment.kv_bytes)
+        self.ex_segment = Segment.attach(attachment.exchange_segment, attachment.exchange_bytes)
         self.exchange = Exchange(self.xl, self.ex_segment)
         v = self.exchange.views
         io = self.xl.dtype
@@ -77,7 +65,6 @@ class CpuLink:
         self.step = self.exchange.value(STEP)  # continue where a previous attach left off
         self.rows = 0
         self.parts: list[tuple[int, int]] = []
-        self.join_wait_s = 0.0
         self.copy_stream = None
         self.copy_done: list = []
         if device.type == "cuda":
@@ -105,7 +92,6 @@ class CpuLink:
         for i, t in enumerate(rows.block_tables):
             v.block_tables[i, : len(t)] = t
         self.rows = n
-        self.join_wait_s = 0.0
         self.step += 1
         self.exchange.signal(STEP, self.step)
 
@@ -150,17 +136,14 @@ class CpuLink:
                 )
 
     def receive(self, layer: int, dtype: torch.dtype, part: int = 0) -> torch.Tensor:
-        t = time.perf_counter()
         self.wait(layer_out(layer, part), f"layer {layer} of step {self.step}")
-        self.join_wait_s += time.perf_counter() - t
         lo, hi = self.parts[part]
         out = self.out[layer][lo:hi]
         return out.to(self.device, dtype=dtype, non_blocking=self.copy_stream is not None)
 
-    def finish(self) -> float:
-        """Waits for the CPU's end of the step; returns its attention time, all layers."""
+    def finish(self) -> None:
+        """Waits for the CPU's end of the step."""
         self.wait(DONE, f"the end of step {self.step}")
-        return float(self.exchange.views.timings[:, 2].sum())
 
     # -- migration ------------------------------------------------------------------
     def swap_out(

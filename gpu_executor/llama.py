@@ -1,9 +1,10 @@
-"""Llama-family forward pass over a paged KV cache, layer by layer.
+"""The Llama-family model: its weights, its paged KV cache and the math of one layer.
 
 transformers loads the checkpoint (so every Llama variant it knows loads the same
-way); the forward is ours, because the attention must read a block-paged cache that
-the scheduler manages, and because later the rows of one layer split between GPU and
-CPU attention. QKV and gate/up are fused into single matmuls at load.
+way); the layer math is ours, because the attention must read a block-paged cache that
+the scheduler manages. QKV and gate/up are fused into single matmuls at load. How the
+layers run for one step (GPU-only, asynchronous overlap, asymmetric pipelining) is not
+the model's business: `strategies.py` composes these pieces per strategy.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from gpu_executor.batch import PackedBatch
-from gpu_executor.cpu_link import CpuLink
-from gpu_executor.pipeline import pipelined_layers
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-class LlamaRunner:
+class LlamaModel:
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "auto") -> None:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -141,12 +140,17 @@ class LlamaRunner:
         del hf
         self.scale = self.shape.head_dim**-0.5
         self.cache: PagedKVCache | None = None
-        self.cpu_link: CpuLink | None = None
 
     def init_cache(self, num_blocks: int, block_size: int) -> int:
         self.cache = None  # release the old one first: on a GPU both may not fit
         self.cache = PagedKVCache(self.shape, num_blocks, block_size, self.dtype, self.device)
         return self.cache.nbytes
+
+    @property
+    def kv(self) -> PagedKVCache:
+        if self.cache is None:
+            raise RuntimeError("KV cache not initialised: InitCache must come before Step")
+        return self.cache
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[:, None].float() * self.inv_freq[None, :]
@@ -155,41 +159,11 @@ class LlamaRunner:
         sin = (emb.sin() * self.attention_scaling).to(self.dtype)
         return cos[:, None, :], sin[:, None, :]
 
-    @torch.inference_mode()
-    def forward(self, batch: PackedBatch, pipeline_rows: int = 0) -> torch.Tensor:
-        """Returns the logits of each sequence's last token, (S, vocab), in fp32.
-        pipeline_rows > 0 runs asymmetric pipelining with that many CPU rows in B1."""
-        if self.cache is None:
-            raise RuntimeError("KV cache not initialised: InitCache must come before Step")
-        cpu, link = batch.cpu, self.cpu_link
-        if cpu is not None and link is None:
-            raise RuntimeError("CPU-placed rows but no CPU tier is attached")
-        cos, sin = self.rope(batch.positions)
-        x = F.embedding(batch.input_ids, self.embed)
-        if cpu is None:
-            for li, lw in enumerate(self.layers):
-                q, k, v = self.qkv(lw, x, cos, sin)
-                self.write_kv(li, k, v, batch.slot_mapping)
-                x = self.post(lw, x, self.attention(li, q, batch))
-        elif pipeline_rows > 0:
-            assert link is not None
-            x = pipelined_layers(self, batch, x, cos, sin, link, pipeline_rows)
-        else:
-            assert link is not None
-            link.begin(cpu)
-            for li, lw in enumerate(self.layers):
-                # Asynchronous overlap: the CPU rows leave first, the GPU attends to its
-                # own rows meanwhile, and the join waits only before the O projection.
-                q, k, v = self.qkv(lw, x, cos, sin)
-                ci = cpu.token_index
-                link.send(li, q[ci], k[ci], v[ci])
-                gi = batch.gpu_token_index
-                self.write_kv(li, k[gi], v[gi], batch.slot_mapping)
-                att = self.attention(li, q, batch)
-                link.publish(li)
-                att.index_copy_(0, ci, link.receive(li, att.dtype))
-                x = self.post(lw, x, att)
-        last = x.index_select(0, batch.last_token_index)
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(input_ids, self.embed)
+
+    def head(self, last: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head over each sequence's last token: fp32 logits."""
         s = self.shape
         return (rms_norm(last, self.final_norm, s.rms_norm_eps) @ self.lm_head.T).float()
 
@@ -215,9 +189,8 @@ class LlamaRunner:
         return x + (F.silu(gate) * up) @ lw.down.T
 
     def write_kv(self, li: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
-        assert self.cache is not None
-        kc = self.cache.k[li].view(-1, self.shape.num_kv_heads, self.shape.head_dim)
-        vc = self.cache.v[li].view(-1, self.shape.num_kv_heads, self.shape.head_dim)
+        kc = self.kv.k[li].view(-1, self.shape.num_kv_heads, self.shape.head_dim)
+        vc = self.kv.v[li].view(-1, self.shape.num_kv_heads, self.shape.head_dim)
         kc.index_copy_(0, slots, k)
         vc.index_copy_(0, slots, v)
 
@@ -239,14 +212,9 @@ class LlamaRunner:
 
     def gather(self, li: int, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., blocks) block ids -> K, V as (..., blocks * block_size, kv_heads, head_dim)."""
-        assert self.cache is not None
         lead = tables.shape[:-1]
-        k = self.cache.k[li][tables].reshape(
-            *lead, -1, self.shape.num_kv_heads, self.shape.head_dim
-        )
-        v = self.cache.v[li][tables].reshape(
-            *lead, -1, self.shape.num_kv_heads, self.shape.head_dim
-        )
+        k = self.kv.k[li][tables].reshape(*lead, -1, self.shape.num_kv_heads, self.shape.head_dim)
+        v = self.kv.v[li][tables].reshape(*lead, -1, self.shape.num_kv_heads, self.shape.head_dim)
         return k, v
 
     def decode_attention(

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
-from gpu_executor.cpu_link import CpuRows
-from gpu_executor.llama import LlamaRunner, rms_norm, sync
+from gpu_executor.cpu_link import CpuLink, CpuRows
+from gpu_executor.llama import LlamaModel, sync
 
 KINDS = ("linear", "gpu_attention", "cpu_attention", "head", "transfer")
 
@@ -47,12 +47,19 @@ def block_tables(rows: int, context: int, block_size: int, num_blocks: int) -> t
 
 
 def probe(
-    runner: LlamaRunner, kind: str, tokens: int, rows: int, context: int, nbytes: int, repeats: int
+    model: LlamaModel,
+    link: CpuLink | None,
+    kind: str,
+    tokens: int,
+    rows: int,
+    context: int,
+    nbytes: int,
+    repeats: int,
 ) -> tuple[float, float]:
     if kind not in KINDS:
         raise ProbeError(f"kind must be one of {KINDS}, not {kind!r}")
-    s, dev, dt = runner.shape, runner.device, runner.dtype
-    layers = runner.layers
+    s, dev, dt = model.shape, model.device, model.dtype
+    layers = model.layers
     gen = torch.Generator(device="cpu").manual_seed(0)
 
     def randn(*shape: int) -> torch.Tensor:
@@ -65,16 +72,15 @@ def probe(
         if kind == "head":
 
             def head(i: int) -> None:
-                logits = (rms_norm(x, runner.final_norm, s.rms_norm_eps) @ runner.lm_head.T).float()
-                logits.argmax(dim=-1)
+                model.head(x).argmax(dim=-1)
 
             return time_it(head, repeats, dev)
-        cos, sin = runner.rope(torch.arange(tokens, device=dev))
+        cos, sin = model.rope(torch.arange(tokens, device=dev))
 
         def linear(i: int) -> None:
             lw = layers[i % len(layers)]
-            q, _, _ = runner.qkv(lw, x, cos, sin)
-            runner.post(lw, x, q)
+            q, _, _ = model.qkv(lw, x, cos, sin)
+            model.post(lw, x, q)
 
         return time_it(linear, repeats, dev)
     if kind == "transfer":
@@ -93,17 +99,16 @@ def probe(
         raise ProbeError("rows and context must be >= 1")
     q = randn(rows, s.num_heads, s.head_dim)
     if kind == "gpu_attention":
-        cache = runner.cache
+        cache = model.cache
         if cache is None:
             raise ProbeError("no GPU KV cache: InitCache first")
         tables = block_tables(rows, context, cache.block_size, cache.num_blocks).to(dev)
         lens = torch.full((rows,), context, dtype=torch.int64, device=dev)
 
         def gatt(i: int) -> None:
-            runner.decode_attention(i % len(layers), q, tables, lens)
+            model.decode_attention(i % len(layers), q, tables, lens)
 
         return time_it(gatt, repeats, dev)
-    link = runner.cpu_link
     if link is None:
         raise ProbeError("no CPU tier is attached")
     if rows > link.xl.max_rows or -(-context // link.tier.block_size) > link.xl.max_blocks_per_seq:

@@ -1,7 +1,7 @@
 """`apex-gpu-executor`: the process that holds the weights and the GPU KV tier.
 
 It decides nothing: the scheduler sends one plan per iteration (which sequences, which
-tokens, which cache blocks) and the executor runs it, samples, and reports timings.
+tokens, which cache blocks) and the executor runs it and samples a token per sequence.
 """
 
 from __future__ import annotations
@@ -17,24 +17,27 @@ import torch
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
 from common.grpc_server import serve_until_signalled, setup_logging
-from cpu_executor.shm import SharedMemoryError
+from dataplane.layout import ExchangeLayout, TierAttachment, TierLayout
+from dataplane.shm import SharedMemoryError
 from gpu_executor.batch import SeqInput, pack
 from gpu_executor.cpu_link import CpuExecutorLost, CpuLink
-from gpu_executor.llama import LlamaRunner, sync
+from gpu_executor.llama import LlamaModel, sync
 from gpu_executor.probes import ProbeError, probe
 from gpu_executor.sampler import RowSampling, sample
+from gpu_executor.strategies import forward
 
 log = logging.getLogger(__name__)
 SERVICE = executor_pb2.DESCRIPTOR.services_by_name["GpuExecutor"].full_name
 
 
 class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
-    def __init__(self, runner: LlamaRunner) -> None:
-        self.runner = runner
+    def __init__(self, model: LlamaModel) -> None:
+        self.model = model
+        self.link: CpuLink | None = None  # the CPU tier, once attached
         self.lock = threading.Lock()  # one step at a time: the cache is shared state
 
     def GetInfo(self, request, context) -> executor_pb2.ExecutorInfo:
-        r, s = self.runner, self.runner.shape
+        r, s = self.model, self.model.shape
         free = 0
         if r.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(r.device)
@@ -60,7 +63,7 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
         with self.lock:
             try:
                 seconds, spread = probe(
-                    self.runner, p.kind, p.tokens, p.rows, p.context, p.bytes, p.repeats
+                    self.model, self.link, p.kind, p.tokens, p.rows, p.context, p.bytes, p.repeats
                 )
             except ProbeError as e:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -75,7 +78,7 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
             )
         with self.lock:
             try:
-                nbytes = self.runner.init_cache(request.num_blocks, request.block_size)
+                nbytes = self.model.init_cache(request.num_blocks, request.block_size)
             except torch.OutOfMemoryError as e:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"KV cache does not fit: {e}")
         log.info(
@@ -89,7 +92,7 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
     def AttachCpuTier(self, request, context) -> executor_pb2.AttachCpuTierResponse:
         with self.lock:
             try:
-                self.runner.cpu_link = CpuLink(request, self.runner.device)
+                self.link = CpuLink(attachment(request), self.model.device)
             except (SharedMemoryError, ValueError) as e:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         log.info(
@@ -108,9 +111,7 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
                 context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
 
     def step(self, request, context) -> executor_pb2.StepResponse:
-        t0 = time.perf_counter()
-        runner = self.runner
-        cache, link = runner.cache, runner.cpu_link
+        model, cache, link = self.model, self.model.cache, self.link
         if cache is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "InitCache has not been called")
         if (request.swap_out or request.swap_in) and link is None:
@@ -118,22 +119,21 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
         if link is not None:
             link.swap_out(cache.k, cache.v, [(c.src, c.dst) for c in request.swap_out])
             link.swap_in(cache.k, cache.v, [(c.src, c.dst) for c in request.swap_in])
-        t_swap = time.perf_counter()
         seqs = [
             SeqInput(list(s.token_ids), s.start_pos, list(s.block_table), s.tier)
             for s in request.seqs
         ]
         try:
-            batch = pack(seqs, cache.block_size, runner.device)
+            batch = pack(seqs, cache.block_size, model.device)
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         pipelined = request.strategy == executor_pb2.STRATEGY_PIPELINE and batch.cpu is not None
         if pipelined and request.pipeline_rows < 1:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "PIPELINE needs pipeline_rows >= 1")
-        logits = runner.forward(batch, request.pipeline_rows if pipelined else 0)
-        sync(runner.device)
-        cpu_attention_s = link.finish() if batch.cpu is not None else 0.0
-        t1 = time.perf_counter()
+        logits = forward(model, batch, link, request.pipeline_rows if pipelined else 0)
+        sync(model.device)
+        if batch.cpu is not None and link is not None:
+            link.finish()
         rows = [
             RowSampling(
                 temperature=s.sampling.temperature,
@@ -144,23 +144,31 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
             )
             for s, seq in zip(request.seqs, seqs, strict=True)
         ]
-        tokens = sample(logits, rows)
-        t2 = time.perf_counter()
-        return executor_pb2.StepResponse(
-            step_id=request.step_id,
-            next_tokens=tokens,
-            timings=executor_pb2.StepTimings(
-                total_s=t2 - t0,
-                forward_s=t1 - t0,
-                sample_s=t2 - t1,
-                prefill_tokens=batch.num_prefill_tokens,
-                decode_tokens=batch.num_decode_tokens,
-                cpu_rows=len(batch.cpu.context_lens) if batch.cpu else 0,
-                swap_s=t_swap - t0,
-                cpu_attention_s=cpu_attention_s,
-                cpu_join_wait_s=link.join_wait_s if batch.cpu else 0.0,
-            ),
-        )
+        return executor_pb2.StepResponse(step_id=request.step_id, next_tokens=sample(logits, rows))
+
+
+def attachment(layout: executor_pb2.CpuTierLayout) -> TierAttachment:
+    """The CPU executor's answer to InitTier, as the data plane takes it. Raises
+    ValueError when the dimensions make no valid layout."""
+    d = layout.dims
+    return TierAttachment(
+        tier=TierLayout(
+            d.num_layers, d.num_blocks, d.block_size, d.num_kv_heads, d.head_dim, d.kv_dtype
+        ),
+        exchange=ExchangeLayout(
+            d.num_layers,
+            d.max_rows,
+            d.max_blocks_per_seq,
+            d.num_heads,
+            d.num_kv_heads,
+            d.head_dim,
+            d.io_dtype,
+        ),
+        kv_segment=layout.kv_segment,
+        kv_bytes=layout.kv_bytes,
+        exchange_segment=layout.exchange_segment,
+        exchange_bytes=layout.exchange_bytes,
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -196,14 +204,14 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = args.device or default_device()
     t = time.perf_counter()
-    runner = LlamaRunner(args.model, device=device, dtype=args.dtype)
+    model = LlamaModel(args.model, device=device, dtype=args.dtype)
     log.info(
         "loaded %s on %s as %s in %.1f s (%.1f MiB of weights)",
         args.model,
-        runner.device,
-        runner.dtype,
+        model.device,
+        model.dtype,
         time.perf_counter() - t,
-        runner.weight_bytes / 2**20,
+        model.weight_bytes / 2**20,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
@@ -212,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             ("grpc.max_send_message_length", 64 * 2**20),
         ],
     )
-    executor_pb2_grpc.add_GpuExecutorServicer_to_server(GpuExecutorServicer(runner), server)
+    executor_pb2_grpc.add_GpuExecutorServicer_to_server(GpuExecutorServicer(model), server)
     serve_until_signalled(server, SERVICE, args.host, args.port, "apex-gpu-executor")
     log.info("stopped")
 

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 from apex.v1 import generation_pb2 as pb
 
-from tests.stack import running_stack
+from tests.factories import idle, running_stack, wait_until
 
 PROMPT = [0, 45, 99, 301, 7, 250]
-
-
-def wait_until(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def idle(client) -> bool:
-    st = client.status()
-    return st.num_running == 0 and st.num_waiting == 0 and st.tiers[0].blocks_used == 0
 
 
 def test_seeded_sampling_is_reproducible(tiny_stack):

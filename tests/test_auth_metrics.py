@@ -17,8 +17,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from clients.apex_client import ApexClient
 from common.grpc_server import check_health
-from scheduler.launcher import free_port
-from tests.stack import running_stack
+from launcher.stack import free_port
+from tests.factories import running_stack
 
 PROMPT = [0, 45, 99, 301, 7]
 BIN = Path(sys.executable).parent

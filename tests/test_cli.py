@@ -6,18 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from scheduler.launcher import free_port
-from tests.conftest import hf_greedy
-
-BIN = Path(sys.executable).parent
-
-
-def run(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+from launcher.stack import free_port
+from tests.factories import BIN, hf_greedy, run
 
 
 def start_serve(model: Path, port: int, *extra: str) -> subprocess.Popen:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from scheduler.tokenizer import IncrementalDetokenizer, TextTokenizer
+from scheduler.engine.detokenizer import IncrementalDetokenizer, TextTokenizer
 
 
 @pytest.fixture(scope="module")

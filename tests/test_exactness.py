@@ -7,68 +7,17 @@ batching) and prefills share iterations with decodes.
 
 from __future__ import annotations
 
-import random
-import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
 import pytest
 
-from tests.conftest import hf_greedy
-from tests.stack import Stack, running_stack
-
-PROMPT_LENGTHS = [1, 3, 8, 17, 40, 64, 129, 250]
-OUTPUT_LENGTHS = [40, 12, 33, 24, 48, 7, 30, 20]
-
-
-# Preemption case: all six fit at admission (18 of 24 blocks of 16 tokens), then each
-# grows to 8-10 blocks, so the scheduler must preempt whatever the arrival timing.
-PREEMPT_PROMPT_LENGTHS = [40, 33, 50, 20, 45, 38]
-PREEMPT_OUTPUT_LENGTHS = [100, 110, 90, 120, 95, 105]
-
-
-def make_prompts(vocab: int, seed: int, lengths: list[int] = PROMPT_LENGTHS) -> list[list[int]]:
-    rng = random.Random(seed)
-    # Id 0 is BOS; ids from 2 up are ordinary tokens of the trained vocabulary.
-    return [[0] + [rng.randrange(2, vocab) for _ in range(n - 1)] for n in lengths]
-
-
-def run_concurrently(
-    stack: Stack,
-    prompts: list[list[int]],
-    stagger_s: float = 0.03,
-    output_lengths: list[int] = OUTPUT_LENGTHS,
-):
-    def one(i: int):
-        time.sleep(i * stagger_s)
-        with stack.client() as c:
-            return c.generate(
-                prompts[i], max_tokens=output_lengths[i], temperature=0.0, ignore_eos=True
-            )
-
-    with ThreadPoolExecutor(len(prompts)) as pool:
-        return list(pool.map(one, range(len(prompts))))
-
-
-def run_under_pressure(stack: Stack, seed: int) -> tuple[list[list[int]], list]:
-    """The six staggered requests that outgrow a 24-block GPU tier (the preemption,
-    swap and policy tests all use them): their prompts and results."""
-    with stack.client() as c:
-        vocab = c.model_info().vocab_size
-    prompts = make_prompts(vocab, seed=seed, lengths=PREEMPT_PROMPT_LENGTHS)
-    results = run_concurrently(
-        stack, prompts, stagger_s=0.005, output_lengths=PREEMPT_OUTPUT_LENGTHS
-    )
-    return prompts, results
-
-
-def assert_matches_hf(
-    model: Path, prompts: list[list[int]], results, output_lengths: list[int] = OUTPUT_LENGTHS
-) -> None:
-    for i, (prompt, res) in enumerate(zip(prompts, results, strict=True)):
-        expected = hf_greedy(model, prompt, output_lengths[i])
-        assert list(res.token_ids) == expected, f"prompt {i} ({len(prompt)} tokens) diverged"
-        assert res.usage.completion_tokens == output_lengths[i]
+from tests.factories import (
+    PREEMPT_OUTPUT_LENGTHS,
+    assert_matches_hf,
+    hf_greedy,
+    make_prompts,
+    run_concurrently,
+    run_under_pressure,
+    running_stack,
+)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gqa"])

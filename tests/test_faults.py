@@ -11,10 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from scheduler.launcher import local_stack
-from tests.conftest import hf_greedy
-from tests.test_api import idle, wait_until
-from tests.test_exactness import make_prompts
+from launcher.stack import local_stack
+from tests.factories import hf_greedy, idle, make_prompts, wait_until
 
 PROMPT = [0, 45, 99, 301, 7, 250]
 
@@ -31,7 +29,7 @@ def rss_kib(pid: int) -> int:
 
 
 def test_overload_rejects_the_excess_and_finishes_the_rest(models, tmp_path):
-    from tests.stack import running_stack
+    from tests.factories import running_stack
 
     bound = 4
     with running_stack(

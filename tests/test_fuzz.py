@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.grpc_server import check_health
-from tests.stack import running_stack
-from tests.test_api import idle, wait_until
+from tests.factories import idle, running_stack, wait_until
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
 INT64 = st.integers(-(2**63), 2**63 - 1)

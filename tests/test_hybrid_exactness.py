@@ -10,14 +10,14 @@ from __future__ import annotations
 import pytest
 from apex.v1 import admin_pb2
 
-from tests.conftest import hf_greedy
-from tests.stack import running_stack
-from tests.test_exactness import (
+from tests.factories import (
     PREEMPT_OUTPUT_LENGTHS,
     assert_matches_hf,
+    hf_greedy,
     make_prompts,
     run_concurrently,
     run_under_pressure,
+    running_stack,
 )
 
 

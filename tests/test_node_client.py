@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import hf_greedy
+from tests.factories import hf_greedy
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
 

@@ -7,13 +7,14 @@ import math
 
 import pytest
 
-from scheduler.config import SchedulerConfig
-from scheduler.core import Scheduler, SeqPlan
-from scheduler.cost_model import Strategy, Work, best_decision, overlap_s, pipeline_s
-from scheduler.policy import ApexPolicy, make_policy
-from scheduler.profile import Profile
-from scheduler.request import Request, SamplingConfig, Tier
-from scheduler.simulator import WORKLOADS, simulate
+from scheduler.core.config import SchedulerConfig
+from scheduler.core.scheduler import Scheduler
+from scheduler.costs.cost_model import Work, best_decision, overlap_s, pipeline_s
+from scheduler.costs.profile import Profile
+from scheduler.policies import make_policy
+from scheduler.policies.apex import ApexPolicy
+from scheduler.sim.simulator import WORKLOADS, simulate
+from scheduler.types import Request, SamplingConfig, SeqPlan, Strategy, Tier
 
 T4 = Profile.load("t4-llama2-7b")
 
@@ -123,7 +124,7 @@ def test_tighter_bound_admits_fewer_cpu_rows():
 
 
 def test_neo_runs_only_the_cpu_rows_that_hide_and_pipelines_them():
-    from scheduler.cost_model import pipeline_hidden, work_of
+    from scheduler.costs.cost_model import pipeline_hidden, work_of
 
     neo = make_policy("neo", T4)
     seqs = rows([1000, 800], [3000, 2500, 400, 3000, 300, 2000, 1000, 3500, 200])

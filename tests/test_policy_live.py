@@ -10,9 +10,14 @@ import grpc
 import pytest
 from apex.v1 import admin_pb2
 
-from tests.stack import running_stack
-from tests.test_cli import BIN, run
-from tests.test_exactness import PREEMPT_OUTPUT_LENGTHS, assert_matches_hf, run_under_pressure
+from tests.factories import (
+    BIN,
+    PREEMPT_OUTPUT_LENGTHS,
+    assert_matches_hf,
+    run,
+    run_under_pressure,
+    running_stack,
+)
 
 ARGS = [
     "--gpu-blocks",

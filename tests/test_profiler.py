@@ -10,9 +10,14 @@ import grpc
 import pytest
 from apex.v1 import admin_pb2
 
-from tests.stack import running_stack
-from tests.test_cli import BIN, run
-from tests.test_exactness import assert_matches_hf, make_prompts, run_concurrently
+from tests.factories import (
+    BIN,
+    assert_matches_hf,
+    make_prompts,
+    run,
+    run_concurrently,
+    running_stack,
+)
 
 ARGS = ["--gpu-blocks", "24", "--max-model-len", "384", "--cpu-blocks", "200"]
 

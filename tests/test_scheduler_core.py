@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.block_manager import BlockAllocator
-from scheduler.config import SchedulerConfig
-from scheduler.core import Scheduler
-from scheduler.request import FinishReason, Request, SamplingConfig, Status
+from scheduler.core.block_manager import BlockAllocator
+from scheduler.core.config import SchedulerConfig
+from scheduler.core.scheduler import Scheduler
+from scheduler.policies import placement_policy
+from scheduler.types import FinishReason, Request, SamplingConfig, Status
 
 
 def req(rid: str, prompt_len: int, max_tokens: int = 100, **kw) -> Request:
@@ -22,7 +23,7 @@ def sched(blocks: int = 16, block_size: int = 4, **kw) -> Scheduler:
     cfg = SchedulerConfig(
         max_model_len=blocks * block_size, block_size=block_size, num_gpu_blocks=blocks, **kw
     )
-    return Scheduler(cfg, eos_token_ids=frozenset({1}))
+    return Scheduler(cfg, frozenset({1}), placement_policy(cfg.placement))
 
 
 def test_allocator_hands_out_distinct_blocks_and_catches_double_free():
@@ -130,11 +131,10 @@ def test_admission_respects_token_budget_and_max_num_seqs():
     assert [p.request.request_id for p in plan.seqs] == ["r0", "r1"]  # max_num_seqs = 2
 
 
-def test_queue_bound_and_duplicate_ids():
+def test_queue_bound():
+    # Duplicate ids are the engine's registry's to refuse: tests/test_engine.py.
     s = sched(max_queue=2)
     s.add(req("a", 2))
     assert not s.queue_full()
     s.add(req("b", 2))
     assert s.queue_full()
-    with pytest.raises(ValueError, match="already live"):
-        s.add(req("a", 2))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.config import SchedulerConfig
-from scheduler.core import Scheduler
-from scheduler.request import Request, SamplingConfig, Status, Tier
+from scheduler.core.config import SchedulerConfig
+from scheduler.core.scheduler import Scheduler
+from scheduler.policies import placement_policy
+from scheduler.types import Request, SamplingConfig, Status, Tier
 
 
 def req(rid: str, prompt_len: int, max_tokens: int = 20) -> Request:
@@ -25,7 +26,7 @@ def sched(gpu: int, cpu: int, placement: str, bs: int = 4, max_len: int = 16) ->
         num_cpu_blocks=cpu,
         placement=placement,
     )
-    return Scheduler(cfg, frozenset({1}))
+    return Scheduler(cfg, frozenset({1}), placement_policy(cfg.placement))
 
 
 def step(s: Scheduler, token: int = 7):

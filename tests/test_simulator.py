@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.profile import Profile, step_time
-from scheduler.simulator import WORKLOADS, requests, simulate
+from scheduler.costs.profile import Profile, step_time
+from scheduler.sim.simulator import WORKLOADS, requests, simulate
 
 BIN = Path(sys.executable).parent
 
 
 def test_profiles_load_with_a_source_for_every_figure():
     for name in ("t4-llama2-7b", "a10-llama3.1-8b"):
-        data = json.loads((Path("scheduler/profiles") / f"{name}.json").read_text())
+        data = json.loads((Path("scheduler/costs/profiles") / f"{name}.json").read_text())
         assert all(f["source"] for f in data["figures"].values())
         p = Profile.load(name)
         # decode at batch 1 is bound by reading the weights once
@@ -46,8 +46,8 @@ def test_every_request_finishes_with_its_tokens(policy):
 
 
 def test_overlap_costs_the_slower_of_gpu_and_cpu_attention():
-    from scheduler.core import SeqPlan, StepPlan
-    from scheduler.request import Request, SamplingConfig, Tier
+    from scheduler.core.scheduler import SeqPlan, StepPlan
+    from scheduler.types import Request, SamplingConfig, Tier
 
     p = Profile.load("t4-llama2-7b")
     req = Request("a", [1], SamplingConfig())
@@ -86,8 +86,8 @@ def test_apexctl_simulate_json():
 
 
 def test_a_measured_profile_drives_the_simulator_too():
-    from scheduler.measured_profile import MeasuredProfile
-    from scheduler.profile import load_profile
+    from scheduler.costs.measured_profile import MeasuredProfile
+    from scheduler.costs.profile import load_profile
 
     p = load_profile("measured-epyc-2core-tiny")  # measured by apexctl profile on this VM
     assert isinstance(p, MeasuredProfile) and p.key.startswith("L4-")

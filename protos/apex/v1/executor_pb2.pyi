@@ -224,34 +224,10 @@ class StepRequest(_message.Message):
     pipeline_rows: int
     def __init__(self, step_id: _Optional[int] = ..., seqs: _Optional[_Iterable[_Union[SeqStep, _Mapping]]] = ..., swap_out: _Optional[_Iterable[_Union[BlockCopy, _Mapping]]] = ..., swap_in: _Optional[_Iterable[_Union[BlockCopy, _Mapping]]] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., pipeline_rows: _Optional[int] = ...) -> None: ...
 
-class StepTimings(_message.Message):
-    __slots__ = ("total_s", "forward_s", "sample_s", "prefill_tokens", "decode_tokens", "cpu_rows", "swap_s", "cpu_attention_s", "cpu_join_wait_s")
-    TOTAL_S_FIELD_NUMBER: _ClassVar[int]
-    FORWARD_S_FIELD_NUMBER: _ClassVar[int]
-    SAMPLE_S_FIELD_NUMBER: _ClassVar[int]
-    PREFILL_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    DECODE_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    CPU_ROWS_FIELD_NUMBER: _ClassVar[int]
-    SWAP_S_FIELD_NUMBER: _ClassVar[int]
-    CPU_ATTENTION_S_FIELD_NUMBER: _ClassVar[int]
-    CPU_JOIN_WAIT_S_FIELD_NUMBER: _ClassVar[int]
-    total_s: float
-    forward_s: float
-    sample_s: float
-    prefill_tokens: int
-    decode_tokens: int
-    cpu_rows: int
-    swap_s: float
-    cpu_attention_s: float
-    cpu_join_wait_s: float
-    def __init__(self, total_s: _Optional[float] = ..., forward_s: _Optional[float] = ..., sample_s: _Optional[float] = ..., prefill_tokens: _Optional[int] = ..., decode_tokens: _Optional[int] = ..., cpu_rows: _Optional[int] = ..., swap_s: _Optional[float] = ..., cpu_attention_s: _Optional[float] = ..., cpu_join_wait_s: _Optional[float] = ...) -> None: ...
-
 class StepResponse(_message.Message):
-    __slots__ = ("step_id", "next_tokens", "timings")
+    __slots__ = ("step_id", "next_tokens")
     STEP_ID_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    TIMINGS_FIELD_NUMBER: _ClassVar[int]
     step_id: int
     next_tokens: _containers.RepeatedScalarFieldContainer[int]
-    timings: StepTimings
-    def __init__(self, step_id: _Optional[int] = ..., next_tokens: _Optional[_Iterable[int]] = ..., timings: _Optional[_Union[StepTimings, _Mapping]] = ...) -> None: ...
+    def __init__(self, step_id: _Optional[int] = ..., next_tokens: _Optional[_Iterable[int]] = ...) -> None: ...

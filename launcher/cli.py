@@ -1,0 +1,113 @@
+"""`apex`: make a model, run the stack."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from launcher import stack
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="apex", description="APEX hybrid CPU-GPU LLM serving")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init-model", help="write a random-weight Llama checkpoint")
+    init.add_argument("dir", type=Path)
+    init.add_argument(
+        "--preset", default="tiny", help="tiny (default), tiny-gqa, llama2-7b, llama3.1-8b"
+    )
+    init.add_argument("--seed", type=int, default=0)
+
+    srv = sub.add_parser("serve", help="run the executors and the daemon as local processes")
+    srv.add_argument("--model", type=Path, help="checkpoint dir (default: the tiny model)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=50051)
+    srv.add_argument("--device", help="executor device: cuda, cuda:N or cpu")
+    srv.add_argument("--dtype", default="auto")
+    srv.add_argument("--threads", type=int, default=0, help="executor torch threads")
+    tier = srv.add_mutually_exclusive_group()
+    tier.add_argument("--gpu-blocks", type=int)
+    tier.add_argument("--gpu-kv-gb", type=float)
+    srv.add_argument(
+        "--placement",
+        choices=["gpu", "cpu", "auto"],
+        default="auto",
+        help="where decode attention runs (default auto: CPU when the GPU is full)",
+    )
+    srv.add_argument(
+        "--policy",
+        choices=["gpu-only", "neo", "apex"],
+        default="apex",
+        help="scheduling policy (default apex); switch live with `apexctl policy`",
+    )
+    srv.add_argument("--tpot-slo-ms", type=float, help="apex's TPOT bound")
+    srv.add_argument("--profile", help="cost-model profile: JSON path or shipped name")
+    srv.add_argument(
+        "--strategy", choices=["auto", "overlap", "pipeline"], help="force how CPU rows run"
+    )
+    srv.add_argument(
+        "--cpu-kv-gb",
+        type=float,
+        default=1.0,
+        help="CPU KV tier in shared memory, GB (0: no CPU tier or CPU executor)",
+    )
+    srv.add_argument("--cpu-kv-dtype", help="float32, float16 or bfloat16 (default: the model's)")
+    srv.add_argument("--cpu-threads", type=int, default=0, help="CPU attention threads")
+    srv.add_argument("--cpu-cores", default="", help="pin the CPU executor, e.g. 0-7")
+    srv.add_argument("--block-size", type=int)
+    srv.add_argument("--max-model-len", type=int)
+    srv.add_argument("--max-num-seqs", type=int)
+    srv.add_argument("--max-queue", type=int)
+    args = ap.parse_args(argv)
+
+    if args.command == "init-model":
+        from gpu_executor.model_init import init_model  # torch only for this command
+
+        try:
+            out = init_model(args.dir, args.preset, args.seed)
+        except ValueError as e:
+            sys.exit(f"apex init-model: {e}")
+        print(f"apex: wrote the {args.preset} model to {out}")
+        return
+
+    model = args.model or stack.ensure_default_model()
+    if not (model / "config.json").is_file():
+        sys.exit(
+            f"apex serve: {model} is not a model directory (no config.json); "
+            "make one with `apex init-model DIR`"
+        )
+    executor_args = ["--dtype", args.dtype, "--threads", str(args.threads)]
+    if args.device:
+        executor_args += ["--device", args.device]
+    scheduler_args: list[str] = ["--placement", args.placement, "--policy", args.policy]
+    flags = (
+        "tpot_slo_ms",
+        "profile",
+        "strategy",
+        "gpu_blocks",
+        "gpu_kv_gb",
+        "block_size",
+        "max_model_len",
+        "max_num_seqs",
+        "max_queue",
+        "cpu_kv_dtype",
+    )
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None:
+            scheduler_args += ["--" + flag.replace("_", "-"), str(value)]
+    cpu_args = None
+    if args.cpu_kv_gb > 0:
+        scheduler_args += ["--cpu-kv-gb", str(args.cpu_kv_gb)]
+        cpu_args = ["--threads", str(args.cpu_threads)]
+        if args.cpu_cores:
+            cpu_args += ["--cores", args.cpu_cores]
+    elif args.placement == "cpu":
+        sys.exit("apex serve: --placement cpu needs a CPU tier (--cpu-kv-gb > 0)")
+    sys.exit(stack.serve(model, args.host, args.port, executor_args, scheduler_args, cpu_args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""`apex serve`: the stack as separate local processes, started in order, stopped cleanly.
+
+The executor starts first (loading weights is the slow part), then the daemon, which
+connects to it; the launcher waits until each answers gRPC health before starting the
+next, and on Ctrl-C or SIGTERM stops the daemon first so that it can end its streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.grpc_server import check_health
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+class StackDone(Exception):
+    """The daemon exited 0: it drained (SIGTERM or the admin Drain call) and stopped."""
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    address: str
+    argv: list[str]
+    log_file: object = None
+
+    @property
+    def tls_ca(self) -> str | None:
+        """A daemon serving TLS with a self-signed certificate is probed with it as CA."""
+        if "--tls-cert" in self.argv:
+            return self.argv[self.argv.index("--tls-cert") + 1]
+        return None
+
+
+MAX_RESTARTS = 10  # per executor, over the life of the stack
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def default_model_dir() -> Path:
+    home = Path(os.environ.get("APEX_HOME", Path.home() / ".cache" / "apex"))
+    return home / "models" / "tiny"
+
+
+def ensure_default_model() -> Path:
+    path = default_model_dir()
+    if not (path / "config.json").is_file():
+        from gpu_executor.model_init import init_model  # torch only when needed
+
+        print(f"apex: creating the default model in {path}", file=sys.stderr)
+        init_model(path)
+    return path
+
+
+def start(name: str, argv: list[str], address: str, log_file=None) -> Child:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *argv],
+        stdout=log_file,
+        stderr=subprocess.STDOUT if log_file else None,
+        start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
+    )
+    return Child(name, proc, address, list(argv), log_file)
+
+
+def restart_crashed(children: list[Child], restarts: dict[str, int]) -> None:
+    """Start again, on the same port, any executor that died; the daemon notices on its
+    next step, waits for it and recomputes what it held. The daemon itself is not
+    restarted: it holds the requests, so its death ends the stack."""
+    for i, child in enumerate(children):
+        code = child.proc.poll()
+        if code is None:
+            continue
+        if child.name == "scheduler":
+            if code == 0:
+                raise StackDone()
+            raise LaunchError(f"the scheduler exited unexpectedly with code {code}")
+        restarts[child.name] = restarts.get(child.name, 0) + 1
+        if restarts[child.name] > MAX_RESTARTS:
+            raise LaunchError(f"{child.name} crashed {MAX_RESTARTS} times; giving up")
+        print(
+            f"apex: {child.name} exited with code {code}; restarting it "
+            f"({restarts[child.name]}/{MAX_RESTARTS})",
+            file=sys.stderr,
+            flush=True,
+        )
+        children[i] = start(child.name, child.argv, child.address, child.log_file)
+
+
+def wait_healthy(child: Child, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = child.proc.poll()
+        if code is not None:
+            raise LaunchError(f"{child.name} exited with code {code} before it was healthy")
+        if check_health(child.address, timeout=0.5, tls_ca=child.tls_ca):
+            return
+        time.sleep(0.1)
+    raise LaunchError(f"{child.name} at {child.address} was not healthy in {timeout_s:.0f} s")
+
+
+def stop(children: list[Child], grace_s: float = 10.0) -> None:
+    """Stop in reverse start order: SIGTERM, wait, then SIGKILL what is left."""
+    for child in reversed(children):
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+            try:
+                child.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+
+
+class Watcher(threading.Thread):
+    """restart_crashed in the background, for stacks run inside another program."""
+
+    def __init__(self, children: list[Child]) -> None:
+        super().__init__(name="stack-watcher", daemon=True)
+        self.children = children
+        self.done = threading.Event()
+        self.restarts: dict[str, int] = {}
+        self.error: LaunchError | None = None
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            try:
+                restart_crashed(self.children, self.restarts)
+            except StackDone:
+                return
+            except LaunchError as e:
+                self.error = e
+                return
+
+    def halt(self) -> None:
+        self.done.set()
+        self.join()
+
+
+@dataclass
+class LocalStack:
+    address: str
+    executor_address: str
+    children: list[Child]
+
+
+@contextlib.contextmanager
+def local_stack(
+    model: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    executor_args: Sequence[str] = (),
+    scheduler_args: Sequence[str] = (),
+    log_dir: Path | None = None,
+    start_timeout_s: float = 300.0,
+    cpu_executor_args: Sequence[str] | None = None,
+    supervise: bool = False,
+) -> Iterator[LocalStack]:
+    """Executors, then the daemon, each healthy before the next; stopped in reverse.
+
+    port 0 picks a free port. cpu_executor_args None: no CPU executor (GPU tier only).
+    With log_dir, each process logs to its own file there; without, they share the
+    caller's terminal.
+    """
+    children: list[Child] = []
+    logs: list = []
+    try:
+        ex_addr = f"127.0.0.1:{free_port()}"
+        port = port or free_port(host)
+        client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        plan: list[tuple[str, str, list[str]]] = []
+        if cpu_executor_args is not None:
+            cpu_addr = f"127.0.0.1:{free_port()}"
+            cpu_argv = ["cpu_executor.server", "--port", cpu_addr.split(":")[1]]
+            plan.append(("cpu-executor", cpu_addr, [*cpu_argv, *cpu_executor_args]))
+            scheduler_args = ["--cpu-executor", cpu_addr, *scheduler_args]
+        plan += [
+            (
+                "gpu-executor",
+                ex_addr,
+                [
+                    "gpu_executor.server",
+                    "--model",
+                    str(model),
+                    "--port",
+                    ex_addr.split(":")[1],
+                    *executor_args,
+                ],
+            ),
+            (
+                "scheduler",
+                f"{client_host}:{port}",
+                [
+                    "scheduler.api.daemon",
+                    "--model",
+                    str(model),
+                    "--host",
+                    host,
+                    "--port",
+                    str(port),
+                    "--gpu-executor",
+                    ex_addr,
+                    *scheduler_args,
+                ],
+            ),
+        ]
+        for name, address, argv in plan:
+            log_file = None
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                log_file = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115
+                logs.append(log_file)
+            children.append(start(name, argv, address, log_file))
+            wait_healthy(children[-1], start_timeout_s)
+        watcher = None
+        if supervise:
+            watcher = Watcher(children)
+            watcher.start()
+        try:
+            yield LocalStack(children[-1].address, ex_addr, children)
+        finally:
+            if watcher is not None:
+                watcher.halt()
+    finally:
+        stop(children)
+        for f in logs:
+            f.close()
+
+
+def serve(
+    model: Path,
+    host: str,
+    port: int,
+    executor_args: list[str],
+    scheduler_args: list[str],
+    cpu_executor_args: list[str] | None,
+) -> int:
+    stop_requested = False
+
+    def on_signal(signum, frame) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with local_stack(
+            model, host, port, executor_args, scheduler_args, cpu_executor_args=cpu_executor_args
+        ) as stack:
+            print(
+                f"apex: serving {model.name} on {host}:{port} "
+                f'(try: apexctl --address {stack.address} generate "Hello")',
+                flush=True,
+            )
+            restarts: dict[str, int] = {}
+            while not stop_requested:
+                try:
+                    restart_crashed(stack.children, restarts)
+                except StackDone:
+                    print(
+                        "apex: the scheduler drained and stopped; stopping the executors",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    break
+                time.sleep(0.2)
+            print("apex: stopping", file=sys.stderr, flush=True)
+        return 0
+    except LaunchError as e:
+        print(f"apex: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,129 @@
+"""Turns a GenerateRequest into a Request, or an error that names the offending field.
+
+Everything a client sends passes here before the engine sees it; nothing below this
+line trusts user input less, and nothing here uses `assert`.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from apex.v1 import generation_pb2
+
+from scheduler.engine.detokenizer import TextTokenizer
+from scheduler.types import Request, SamplingConfig
+
+MAX_REQUEST_ID = 256
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
+MAX_TEMPERATURE = 1e4
+
+
+class InvalidRequest(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_model_len: int
+    vocab_size: int
+
+
+def build_request(
+    msg: generation_pb2.GenerateRequest, tokenizer: TextTokenizer, limits: Limits
+) -> Request:
+    request_id = msg.request_id or uuid.uuid4().hex
+    if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+        raise InvalidRequest("request_id", f"must be printable and at most {MAX_REQUEST_ID} chars")
+    prompt_ids = prompt_tokens(msg, tokenizer, limits)
+    sampling = sampling_config(msg.sampling, len(prompt_ids), limits)
+    return Request(request_id=request_id, prompt_ids=prompt_ids, sampling=sampling)
+
+
+def prompt_tokens(
+    msg: generation_pb2.GenerateRequest, tokenizer: TextTokenizer, limits: Limits
+) -> list[int]:
+    kind = msg.WhichOneof("prompt")
+    room = limits.max_model_len - 1  # at least one token must fit after the prompt
+    if kind is None:
+        raise InvalidRequest("prompt", "one of prompt text or token_ids is required")
+    if kind == "text":
+        if not msg.text:
+            raise InvalidRequest("text", "the prompt must not be empty")
+        if len(msg.text) > room * tokenizer.max_token_chars:
+            raise InvalidRequest("text", f"the prompt is longer than the context ({room} tokens)")
+        ids = tokenizer.encode(msg.text)
+        field = "text"
+    else:
+        ids = list(msg.token_ids.ids)
+        field = "token_ids"
+        if not ids:
+            raise InvalidRequest(field, "the prompt must not be empty")
+        for i, t in enumerate(ids):
+            if not 0 <= t < limits.vocab_size:
+                raise InvalidRequest(
+                    f"token_ids[{i}]", f"{t} is outside the vocabulary [0, {limits.vocab_size})"
+                )
+    if len(ids) > room:
+        raise InvalidRequest(
+            field,
+            f"the prompt is {len(ids)} tokens; the context holds {limits.max_model_len} "
+            "including at least one generated token",
+        )
+    return ids
+
+
+def sampling_config(
+    sp: generation_pb2.SamplingParams, prompt_len: int, limits: Limits
+) -> SamplingConfig:
+    temperature = sp.temperature if sp.HasField("temperature") else 1.0
+    if not math.isfinite(temperature) or not 0 <= temperature <= MAX_TEMPERATURE:
+        raise InvalidRequest(
+            "temperature", f"must be in [0, {MAX_TEMPERATURE:g}], got {temperature}"
+        )
+    top_p = sp.top_p if sp.HasField("top_p") else 1.0
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise InvalidRequest("top_p", f"must be in (0, 1], got {top_p}")
+    top_k = sp.top_k if sp.HasField("top_k") else 0
+    if top_k < -1:
+        raise InvalidRequest("top_k", f"must be >= 0 (0 or -1 disables it), got {top_k}")
+    room = limits.max_model_len - prompt_len
+    max_tokens = sp.max_tokens if sp.HasField("max_tokens") else room
+    if max_tokens < 1:
+        raise InvalidRequest("max_tokens", f"must be >= 1, got {max_tokens}")
+    if max_tokens > room:
+        raise InvalidRequest(
+            "max_tokens",
+            f"{max_tokens} with a {prompt_len}-token prompt exceeds the context of "
+            f"{limits.max_model_len}; at most {room}",
+        )
+    if len(sp.stop) > MAX_STOP_STRINGS:
+        raise InvalidRequest("stop", f"at most {MAX_STOP_STRINGS} stop strings")
+    for i, s in enumerate(sp.stop):
+        if not s or len(s) > MAX_STOP_CHARS:
+            raise InvalidRequest(f"stop[{i}]", f"must be 1 to {MAX_STOP_CHARS} characters")
+    if len(sp.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidRequest("stop_token_ids", f"at most {MAX_STOP_TOKEN_IDS} ids")
+    for i, t in enumerate(sp.stop_token_ids):
+        if not 0 <= t < limits.vocab_size:
+            raise InvalidRequest(
+                f"stop_token_ids[{i}]", f"{t} is outside the vocabulary [0, {limits.vocab_size})"
+            )
+    return SamplingConfig(
+        temperature=float(temperature),
+        top_p=float(top_p),
+        top_k=max(top_k, 0),
+        # Unseeded requests get a seed of their own here, so that even they sample the
+        # same tokens again if preempted and recomputed.
+        seed=sp.seed if sp.HasField("seed") else secrets.randbits(63),
+        max_tokens=int(max_tokens),
+        stop=tuple(sp.stop),
+        stop_token_ids=frozenset(sp.stop_token_ids),
+        ignore_eos=sp.ignore_eos,
+    )

@@ -1,0 +1,377 @@
+"""The scheduler proper: pure bookkeeping over two KV tiers, no I/O, no torch.
+
+`schedule()` turns the queue and the running set into one iteration's plan: which
+sequences run, on which tier their attention runs, and which KV blocks move between
+tiers before the forward pass; `update(plan, tokens)` takes the sampled tokens back and
+decides who is finished. Everything else (RPCs, detokenizing, streaming) lives in the
+engine, so this class is unit-tested, and can be stepped by a simulator, on its own.
+
+Block moves in one plan go one way only (GPU->CPU or CPU->GPU): a block freed by a move
+can be handed out again in the same plan, which is only safe if every copy out of a
+tier runs before any copy into it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from itertools import chain
+
+from scheduler.core.block_manager import BlockAllocator
+from scheduler.core.config import SchedulerConfig, forced
+from scheduler.core.view import PolicyPort, SchedulerView
+from scheduler.types import (
+    FinishReason,
+    Request,
+    SeqPlan,
+    Status,
+    StepPlan,
+    Strategy,
+    Tier,
+)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        eos_token_ids: frozenset[int],
+        policy: PolicyPort,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.clock = clock  # the simulator steps a virtual one
+        self.eos_token_ids = eos_token_ids
+        self.gpu = BlockAllocator(config.num_gpu_blocks, "gpu")
+        self.cpu = BlockAllocator(config.num_cpu_blocks, "cpu") if config.num_cpu_blocks else None
+        self.placement = config.placement
+        self.policy = policy
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.swapped: list[Request] = []
+        self.step_id = 0
+        self.num_preemptions = 0
+        self.num_swap_outs = 0
+        self.num_swap_ins = 0
+        self._out: list[tuple[int, int]] = []
+        self._in: list[tuple[int, int]] = []
+        # GPU blocks free once GPU requests have grown to the end (None: not counted yet)
+        self.future_free: int | None = None
+
+    @property
+    def requests(self) -> dict[str, Request]:
+        """Every live request by id, derived from the queues (the engine keeps the one
+        registry of live requests; this is for lookups by operators and tests)."""
+        return {r.request_id: r for r in chain(self.waiting, self.running, self.swapped)}
+
+    def set_policy(self, policy: PolicyPort) -> None:
+        """Live switch: takes effect at the next schedule(); nothing running moves now.
+        The profile's calibration carries over when the cost model stays the same."""
+        if policy.cost is self.policy.cost:
+            policy.calibration = self.policy.calibration
+        self.policy = policy
+
+    @property
+    def cpu_attention(self) -> bool:
+        """Whether CPU-tier requests decode (attention on the CPU) or only park there."""
+        return self.cpu is not None and self.placement != "gpu" and self.policy.cpu_attention
+
+    # -- intake ---------------------------------------------------------------------
+    def add(self, req: Request) -> None:
+        """Queue a new request (its id is unique: the engine's registry checks that)."""
+        self.waiting.append(req)
+
+    def queue_full(self) -> bool:
+        return len(self.waiting) >= self.config.max_queue
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.swapped)
+
+    def alloc(self, tier: Tier) -> BlockAllocator:
+        if tier is Tier.GPU:
+            return self.gpu
+        if self.cpu is None:
+            raise RuntimeError("no CPU tier")
+        return self.cpu
+
+    def pin(self, request_id: str, tier: Tier) -> bool:
+        """Operator lever: move this request's KV to `tier` when possible, and keep it there."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return False
+        if tier is Tier.CPU and self.cpu is None:
+            raise ValueError("there is no CPU tier to migrate to")
+        req.target_tier, req.pinned = tier, True
+        return True
+
+    # -- planning -------------------------------------------------------------------
+    def schedule(self) -> StepPlan | None:
+        """Every running request decodes one token; moves happen; new requests join."""
+        self._out, self._in = [], []
+        preempted: list[Request] = []
+        decodes = self.grow_running(preempted)
+        self.move_to_targets(decodes)
+        self.future_free = None  # counted when swap-in or admission first needs it
+        if not preempted:
+            self.swap_in_when_room(decodes)
+        self.running = decodes
+        # The plan shares each block table with its request: nothing changes a table
+        # before the executor has run the plan, and the next schedule() makes new ones.
+        seqs = [
+            SeqPlan(r, r.tokens_from(r.num_computed), r.num_computed, r.tier, r.block_table)
+            for r in decodes
+        ]
+        if not preempted and not self.swapped:
+            seqs += self.admit()
+        if not seqs:
+            return None
+        seqs = self.policy.select(seqs)
+        self.step_id += 1
+        d = self.policy.choose(seqs)
+        if self.config.strategy != "auto" and d.strategy is not Strategy.GPU_ONLY:
+            d = forced(self.config.strategy, seqs)
+        return StepPlan(
+            self.step_id,
+            seqs,
+            preempted,
+            self._out,
+            self._in,
+            d.strategy,
+            d.pipeline_rows,
+            d.predicted_s * self.policy.calibration.scale,
+            d.predicted_s,
+        )
+
+    def grow_running(self, preempted: list[Request]) -> list[Request]:
+        """Give each running request room for its next token, oldest first. On a full
+        tier the newest request of that tier is evicted: to the CPU tier if it can take
+        it (swap-out instead of recompute), else preempted for recompute."""
+        queue = deque(self.running)
+        decodes: list[Request] = []
+        bs = self.config.block_size
+        while queue:
+            req = queue.popleft()
+            if req.num_tokens <= len(req.block_table) * bs:  # room already: most steps
+                decodes.append(req)
+                continue
+            while True:
+                alloc = self.alloc(req.tier)
+                need = self.config.blocks_for(req.num_tokens) - len(req.block_table)
+                if need <= alloc.num_free:
+                    req.block_table += alloc.allocate(need)
+                    decodes.append(req)
+                    break
+                victim = next((r for r in reversed(queue) if r.tier is req.tier), req)
+                still_running = self.evict(victim, preempted)
+                if victim is not req:
+                    if not still_running:
+                        queue.remove(victim)
+                    continue
+                if not still_running:
+                    break
+        return decodes
+
+    def evict(self, victim: Request, preempted: list[Request]) -> bool:
+        """Free the victim's blocks on its tier; True if it keeps decoding on the CPU."""
+        victim.pinned, victim.target_tier = False, None
+        if victim.tier is Tier.GPU and self.cpu is not None and self.move(victim, Tier.CPU):
+            if not self.cpu_attention:  # attention stays on the GPU: park it
+                victim.status = Status.SWAPPED
+                self.swapped.append(victim)
+                return False
+            return True
+        self.preempt(victim)
+        preempted.append(victim)
+        return False
+
+    def move_to_targets(self, decodes: list[Request]) -> None:
+        """Requests placed (or pinned) on the other tier move there once it has room."""
+        for req in [*decodes, *self.swapped]:
+            if req.target_tier is None or req.target_tier is req.tier:
+                continue
+            if self.move(req, req.target_tier) and req.status is Status.SWAPPED:
+                self.resume(req, decodes)
+
+    def swap_in_when_room(self, decodes: list[Request]) -> None:
+        """Back to the GPU, oldest first, when its whole remaining future fits there."""
+        if self.cpu is None or self.placement == "cpu" or self._out:
+            return
+        parked = [*self.swapped, *(r for r in decodes if r.tier is Tier.CPU and not r.pinned)]
+        if not parked:
+            return
+        self.count_future_free(decodes)
+        parked.sort(key=lambda r: r.arrival_time)
+        for req in parked:
+            future = self.future_blocks(req)
+            if self.future_free < future or not self.move(req, Tier.GPU):
+                break
+            self.future_free -= future
+            req.target_tier = None
+            if req.status is Status.SWAPPED:
+                self.resume(req, decodes)
+
+    def resume(self, req: Request, decodes: list[Request]) -> None:
+        self.swapped.remove(req)
+        req.status = Status.RUNNING
+        decodes.append(req)
+
+    def move(self, req: Request, to: Tier) -> bool:
+        """Move the request's KV to the other tier: new blocks there (room for the token
+        this step adds), copies of the blocks holding KV, the old blocks freed."""
+        if to is req.tier:
+            return True
+        if self._in if to is Tier.CPU else self._out:
+            return False  # one direction per plan
+        dst = self.alloc(to)
+        need = self.config.blocks_for(req.num_tokens)
+        if dst.num_free < need:
+            return False
+        new = dst.allocate(need)
+        used = self.config.blocks_for(req.num_computed)
+        pairs = list(zip(req.block_table[:used], new[:used], strict=True))
+        if to is Tier.CPU:
+            self._out += pairs
+            self.num_swap_outs += 1
+        else:
+            self._in += pairs
+            self.num_swap_ins += 1
+        self.alloc(req.tier).free(req.block_table)
+        req.block_table, req.tier = new, to
+        req.migrations += 1
+        return True
+
+    def future_blocks(self, req: Request) -> int:
+        return self.config.future_blocks(req)
+
+    def count_future_free(self, running: list[Request]) -> None:
+        """At most once per iteration: a block allocated for growth lowers the free count
+        and the growth still to come alike, so from here only moves and admissions change
+        it, and they keep `future_free` up to date themselves."""
+        if self.future_free is None:
+            self.future_free = self.gpu_future_free(running)
+
+    def gpu_future_free(self, running: list[Request]) -> int:
+        """Free GPU blocks less what the running GPU requests will still grow into."""
+        growth = sum(
+            self.future_blocks(r) - len(r.block_table)
+            for r in running
+            if r.tier is Tier.GPU and r.target_tier is not Tier.CPU
+        )
+        return self.gpu.num_free - growth
+
+    def admit(self) -> list[SeqPlan]:
+        """New (and preempted) requests join, FCFS, prefilled on the GPU tier; the policy
+        says where their KV goes next, or that they wait."""
+        cfg = self.config
+        seqs: list[SeqPlan] = []
+        admitted: list[Request] = []
+        budget = cfg.max_num_batched_tokens
+        if self.waiting:
+            self.count_future_free(self.running)
+        while self.waiting and len(self.running) < cfg.max_num_seqs:
+            req = self.waiting[0]
+            n = req.num_tokens
+            if n > budget and budget < cfg.max_num_batched_tokens:
+                break  # wait for the next iteration's budget; never starve a long prompt
+            need = cfg.blocks_for(n)
+            if need > self.gpu.num_free:
+                break
+            target = req.target_tier if req.pinned else self.place(req, admitted)
+            if target is None:
+                break  # the policy holds it (and, FCFS, those behind it) back
+            self.waiting.popleft()
+            req.block_table = self.gpu.allocate(need)
+            req.tier = Tier.GPU
+            req.status = Status.RUNNING
+            req.target_tier = target if target is Tier.CPU else None
+            self.running.append(req)
+            admitted.append(req)
+            seqs.append(SeqPlan(req, req.all_ids, 0, Tier.GPU, req.block_table))
+            budget -= n
+        return seqs
+
+    def place(self, req: Request, admitted: list[Request]) -> Tier | None:
+        """Where the request's KV goes after prefill: forced by --placement, else the
+        policy's call (None: not now)."""
+        if self.cpu is None or not self.cpu_attention:
+            return Tier.GPU
+        if self.placement == "cpu":
+            return Tier.CPU
+        if self.future_free is None:
+            raise RuntimeError("place() runs in admission, after the future-free count")
+        view = SchedulerView(
+            self.config, True, self.gpu.num_free, self.future_free, self.step_id, self.running
+        )
+        return self.policy.place(view, req, admitted)
+
+    def preempt(self, req: Request) -> None:
+        """Free the request's blocks and requeue it first; its tokens are kept for recompute."""
+        self.alloc(req.tier).free(req.block_table)
+        if req.status is Status.SWAPPED:
+            self.swapped.remove(req)
+        req.block_table = []
+        req.tier = Tier.GPU
+        req.num_computed = 0
+        req.status = Status.WAITING
+        req.preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    # -- results --------------------------------------------------------------------
+    def update(self, plan: StepPlan, tokens: list[int]) -> list[Request]:
+        """Append each sampled token; returns the requests that got one (aborted ones skipped)."""
+        now = self.clock()
+        updated: list[Request] = []
+        for seq, tok in zip(plan.seqs, tokens, strict=True):
+            req = seq.request
+            if req.finished:  # aborted while the step ran
+                continue
+            req.num_computed = seq.start_pos + len(seq.token_ids)
+            req.output_ids.append(tok)
+            if req.first_token_time is None:
+                req.first_token_time = now
+            reason, matched = self.check_stop(req, tok)
+            if reason is not None:
+                self.finish(req, reason, matched)
+            updated.append(req)
+        return updated
+
+    def check_stop(self, req: Request, tok: int) -> tuple[FinishReason | None, str]:
+        sp = req.sampling
+        if tok in sp.stop_token_ids:
+            return FinishReason.STOP_TOKEN, str(tok)
+        if not sp.ignore_eos and tok in self.eos_token_ids:
+            return FinishReason.EOS, str(tok)
+        if len(req.output_ids) >= sp.max_tokens or req.num_tokens >= self.config.max_model_len:
+            return FinishReason.LENGTH, ""
+        return None, ""
+
+    def finish(self, req: Request, reason: FinishReason, matched: str = "") -> None:
+        """End a request (stop, length, abort) and free its blocks at once."""
+        if req.finished:
+            return
+        {Status.RUNNING: self.running, Status.WAITING: self.waiting, Status.SWAPPED: self.swapped}[
+            req.status
+        ].remove(req)
+        self.alloc(req.tier).free(req.block_table)
+        req.block_table = []
+        req.status = Status.FINISHED
+        req.finish_reason = reason
+        req.matched_stop = matched
+        req.finish_time = self.clock()
+
+    def abort(self, request_id: str) -> Request | None:
+        req = self.requests.get(request_id)
+        if req is not None:
+            self.finish(req, FinishReason.ABORTED)
+        return req
+
+    def requeue_running(self) -> list[Request]:
+        """An executor lost its state: recompute everything that held KV."""
+        lost = [*self.running, *self.swapped]
+        for req in reversed(lost):
+            if req.status is Status.RUNNING:
+                self.running.remove(req)
+            self.preempt(req)  # takes swapped requests off their list itself
+        return lost

@@ -1,0 +1,153 @@
+"""Policies: where each request's KV lives and how each iteration runs.
+
+The scheduler does the bookkeeping; a policy answers its questions, from a cost model
+(a profile) of the subtasks of one decoder layer:
+
+- `place(...)`: a request is about to be admitted; after its prefill (always on the
+  GPU), should its KV stay on the GPU tier, go to the CPU tier, or should it wait?
+- `select(...)`: which of the running rows run this iteration (all of them, except
+  under neo)?
+- `choose(...)`: this iteration's rows are fixed; which strategy runs them, and for
+  asymmetric pipelining, how are the CPU rows split between the two sub-batches?
+
+Three policies:
+
+- `gpu-only` (vLLM-like): attention only on the GPU; the CPU tier, if any, is swap
+  space for preempted requests.
+- `neo` (NEO's own scheduling rules): a request goes to the GPU tier while its KV fits
+  there (swapped out when the GPU runs short); each iteration only the CPU rows whose
+  attention hides under the pipeline's GPU work run (`select`), the others wait.
+- `apex`: per iteration the strategy with the least predicted time; a request goes to
+  the CPU tier only while the predicted iteration time with it stays under the TPOT
+  bound, and every admitted row runs every iteration.
+
+How each strategy's time is predicted: `scheduler/costs/cost_model.py`. The policies
+themselves: `base.py` (the interface, gpu-only, the fixed rule), `neo.py`, `apex.py`;
+`registry.py` builds one by name.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Sequence
+
+from scheduler.core.view import SchedulerView
+from scheduler.costs.cost_model import CostModel, Work, best_decision, work_of
+from scheduler.types import Decision, Request, SeqPlan, Strategy, Tier
+
+
+def expected_context(req: Request) -> float:
+    """Mean context over the rest of the request's life: what it will cost on average."""
+    return req.num_tokens + req.remaining_tokens / 2
+
+
+class Calibration:
+    """The profile's times, scaled by the median ratio of measured to predicted over
+    the recent iterations: a profile measured on an idle machine, or a while ago,
+    stays right in scale, and the policy's bound keeps meaning what it says."""
+
+    def __init__(self, window: int = 64) -> None:
+        self.ratios: deque[float] = deque(maxlen=window)
+        self.scale = 1.0
+
+    def observe(self, model_s: float, measured_s: float) -> None:
+        if model_s > 0 and measured_s > 0 and math.isfinite(model_s):
+            self.ratios.append(measured_s / model_s)
+            self.scale = statistics.median(self.ratios)
+
+
+class Policy:
+    name = "base"
+    cpu_attention = True  # False: the CPU tier only parks preempted requests
+    strategies: tuple[Strategy, ...] = (Strategy.OVERLAP,)
+    tpot_slo_s: float | None = None  # a TPOT bound, for the policies that keep one
+
+    def __init__(self, cost: CostModel | None) -> None:
+        self.cost = cost
+        self.calibration = Calibration()
+
+    def place(self, view: SchedulerView, req: Request, admitted: list[Request]) -> Tier | None:
+        """The tier the request's KV goes to after prefill, or None to keep it waiting."""
+        return Tier.GPU
+
+    def select(self, seqs: list[SeqPlan]) -> list[SeqPlan]:
+        """The rows that run this iteration; the others wait (NEO lets CPU rows wait)."""
+        return seqs
+
+    def choose(self, seqs: list[SeqPlan]) -> Decision:
+        w = work_of(seqs)
+        if self.cost is None:
+            strategy = Strategy.OVERLAP if w.cpu_context else Strategy.GPU_ONLY
+            return Decision(strategy, 0, float("nan"))
+        return best_decision(self.cost, w, self.strategies)  # uncalibrated
+
+    def describe(self) -> str:
+        return self.name
+
+
+def gpu_future_fits(view: SchedulerView, req: Request, admitted: list[Request]) -> bool:
+    """Every GPU-placed request's whole future stays on the GPU: reserve it at admission."""
+    taken = sum(
+        view.blocks_for(r.num_tokens)  # staged there for its prefill only
+        if r.target_tier is Tier.CPU
+        else view.future_blocks(r)
+        for r in admitted
+    )
+    return view.gpu_future_free - taken >= view.future_blocks(req)
+
+
+class GpuOnlyPolicy(Policy):
+    name = "gpu-only"
+    cpu_attention = False
+    strategies = ()
+
+
+class FixedRulePolicy(Policy):
+    """Issue 3's rule, kept for `--placement cpu|gpu` and for runs with no profile: the
+    GPU tier when the request's future fits beside what is left, else the CPU tier."""
+
+    name = "fixed"
+
+    def __init__(self, cost: CostModel | None, label: str = "fixed") -> None:
+        super().__init__(cost)
+        self.name = label  # the policy asked for, running without a profile
+
+    def describe(self) -> str:
+        return f"{self.name} (no profile: fixed placement rule, overlap)"
+
+    def place(self, view: SchedulerView, req: Request, admitted: list[Request]) -> Tier | None:
+        if not view.has_cpu_tier:
+            return Tier.GPU
+        growth = view.future_blocks(req) - view.blocks_for(req.num_tokens)
+        return Tier.GPU if growth <= view.gpu_free_blocks else Tier.CPU
+
+
+class CostedPolicy(Policy):
+    def __init__(self, cost: CostModel) -> None:
+        super().__init__(cost)
+        self.cost: CostModel = cost
+        self._base: tuple[int, tuple[float, list[float]]] = (-1, (0.0, []))
+
+    def cpu_work(self, view: SchedulerView, admitted: list[Request]) -> Work:
+        """The load the CPU tier will carry on average: running CPU rows and those just
+        admitted for it, each at its expected context; GPU rows at theirs. The running
+        part is summed once per iteration (admission asks several times)."""
+        if self._base[0] != view.step_id:
+            self._base = (view.step_id, self.load_of(view.running))
+        gctx, cctx = self._base[1]
+        more_g, more_c = self.load_of(admitted)
+        rows = len(view.running) + len(admitted)
+        cpu = (*cctx, *more_c)
+        return Work(rows, rows, gctx + more_g, cpu, rows - len(cpu))
+
+    @staticmethod
+    def load_of(reqs: Sequence[Request]) -> tuple[float, list[float]]:
+        gctx, cctx = 0.0, []
+        for r in reqs:
+            if r.tier is Tier.CPU or r.target_tier is Tier.CPU:
+                cctx.append(expected_context(r))
+            else:
+                gctx += expected_context(r)
+        return gctx, cctx

@@ -1,0 +1,169 @@
+"""The real scheduler stepping a virtual clock driven by a profile: no executors.
+
+Policies are compared here for hardware we do not have (T4, A10). Everything it prints
+is a simulation and says so; measured comparisons come from `apexctl bench` on a GPU.
+Arrivals are Poisson; every request generates exactly its output length (EOS ignored).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import dataclass
+
+from scheduler.core.config import SchedulerConfig
+from scheduler.core.scheduler import Scheduler
+from scheduler.costs.measured_profile import MeasuredProfile
+from scheduler.costs.profile import Profile, step_time
+from scheduler.policies import POLICIES, make_policy
+from scheduler.types import Request, SamplingConfig
+
+BLOCK = 16
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    prompt: tuple[int, int]  # uniform range of prompt tokens
+    output: tuple[int, int]  # uniform range of output tokens
+    jitter: float = 0.0  # +- fraction applied on top (NEO's synthetic: 10%)
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("chat", (50, 200), (256, 2048)),  # decode-heavy chat
+        Workload("cot", (100, 300), (1536, 4096)),  # long chain-of-thought outputs
+        Workload("neo", (1000, 1000), (50, 400), jitter=0.1),  # NEO's synthetic
+    )
+}
+
+
+@dataclass
+class SimResult:
+    policy: str
+    throughput: float  # generated tokens/s over the steady part
+    ttft_p50: float
+    ttft_p99: float
+    tpot_p50: float
+    tpot_p99: float
+    preemptions: int
+    migrations: int
+    iterations: int
+    mean_batch: float
+    decision_ms_p99: float  # scheduler.schedule() wall time, this machine
+    strategies: dict[str, int]  # iterations run with each strategy
+
+
+def requests(workload: Workload, n: int, rate: float, max_len: int, seed: int, scale: float = 1.0):
+    """(arrival s, prompt tokens, output tokens, id) of n Poisson arrivals; `scale`
+    shrinks the lengths for small models (the online benchmark on a CPU)."""
+    rng = random.Random(seed)
+    t = 0.0
+    out = []
+    for i in range(n):
+        t += rng.expovariate(rate)
+        p = rng.randint(*workload.prompt)
+        o = rng.randint(*workload.output)
+        if workload.jitter:
+            p = round(p * rng.uniform(1 - workload.jitter, 1 + workload.jitter))
+            o = round(o * rng.uniform(1 - workload.jitter, 1 + workload.jitter))
+        p, o = max(1, round(p * scale)), max(1, round(o * scale))
+        p = min(p, max_len - 2)
+        o = max(1, min(o, max_len - p))
+        out.append((t, p, o, f"r{i}"))
+    return out
+
+
+def simulate(
+    profile: Profile | MeasuredProfile,
+    workload: Workload,
+    policy: str,
+    n: int = 200,
+    rate: float = 8.0,
+    seed: int = 0,
+    tpot_slo_s: float | None = None,
+) -> SimResult:
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
+    gpu_blocks = profile.gpu_kv_capacity_tokens // BLOCK
+    max_len = min(gpu_blocks * BLOCK, 8192)
+    # gpu-only gets the same host memory, as swap space for preempted requests.
+    cpu_blocks = profile.cpu_kv_capacity_tokens // BLOCK
+    cfg = SchedulerConfig(
+        max_model_len=max_len,
+        block_size=BLOCK,
+        num_gpu_blocks=gpu_blocks,
+        max_num_seqs=256,
+        max_num_batched_tokens=max(4096, max_len),
+        max_queue=10**6,
+        num_cpu_blocks=cpu_blocks,
+        placement="auto",
+    )
+    now = [0.0]
+    sched = Scheduler(
+        cfg, frozenset(), clock=lambda: now[0], policy=make_policy(policy, profile, tpot_slo_s)
+    )
+    pending = requests(workload, n, rate, max_len, seed)
+    live: list[Request] = []
+    done: list[Request] = []
+    steps: list[tuple[float, int]] = []
+    decide: list[float] = []
+    used: dict[str, int] = {}
+    i = 0
+    while i < len(pending) or sched.has_work():
+        while i < len(pending) and pending[i][0] <= now[0]:
+            t, p, o, rid = pending[i]
+            req = Request(
+                rid,
+                [2] * p,
+                SamplingConfig(temperature=0.0, max_tokens=o, ignore_eos=True),
+                arrival_time=t,
+            )
+            sched.add(req)
+            live.append(req)
+            i += 1
+        t0 = time.perf_counter()
+        plan = sched.schedule()
+        decide.append(time.perf_counter() - t0)
+        if plan is None:
+            now[0] = pending[i][0]
+            continue
+        now[0] += step_time(profile, plan)
+        updated = sched.update(plan, [2] * len(plan.seqs))
+        steps.append((now[0], len(updated)))
+        used[plan.strategy.value] = used.get(plan.strategy.value, 0) + 1
+        done.extend(r for r in updated if r.finished)
+    return summarise(policy, done, steps, decide, sched, used)
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))] if xs else float("nan")
+
+
+def summarise(policy, done, steps, decide, sched, used) -> SimResult:
+    finish = sorted(r.finish_time for r in done)
+    lo, hi = finish[len(finish) // 10], finish[(9 * len(finish)) // 10]  # steady part
+    tokens = sum(n for t, n in steps if lo < t <= hi)
+    ttft = [r.first_token_time - r.arrival_time for r in done]
+    tpot = [
+        (r.finish_time - r.first_token_time) / (len(r.output_ids) - 1)
+        for r in done
+        if len(r.output_ids) > 1
+    ]
+    return SimResult(
+        policy=policy,
+        throughput=tokens / (hi - lo) if hi > lo else float("nan"),
+        ttft_p50=pct(ttft, 50),
+        ttft_p99=pct(ttft, 99),
+        tpot_p50=pct(tpot, 50),
+        tpot_p99=pct(tpot, 99),
+        preemptions=sched.num_preemptions,
+        migrations=sched.num_swap_outs + sched.num_swap_ins,
+        iterations=len(steps),
+        mean_batch=statistics.fmean(n for _, n in steps),
+        decision_ms_p99=pct(decide, 99) * 1e3,
+        strategies=used,
+    )
