@@ -19,7 +19,7 @@ from apex.v1 import executor_pb2, executor_pb2_grpc
 from common.grpc_server import serve_until_signalled, setup_logging
 from cpu_executor.worker import AttentionWorker
 from dataplane.exchange import Exchange
-from dataplane.layout import ExchangeLayout, TierLayout
+from dataplane.layout import layouts
 from dataplane.shm import (
     SHM_DIR,
     Segment,
@@ -55,25 +55,7 @@ class CpuExecutorServicer(executor_pb2_grpc.CpuExecutorServicer):
 
     def InitTier(self, request, context) -> executor_pb2.CpuTierLayout:
         try:
-            tier = TierLayout(
-                request.num_layers,
-                request.num_blocks,
-                request.block_size,
-                request.num_kv_heads,
-                request.head_dim,
-                request.kv_dtype,
-            )
-            exchange = ExchangeLayout(
-                request.num_layers,
-                request.max_rows,
-                request.max_blocks_per_seq,
-                request.num_heads,
-                request.num_kv_heads,
-                request.head_dim,
-                request.io_dtype,
-            )
-            if request.num_heads % request.num_kv_heads:
-                raise ValueError("num_heads must be a multiple of num_kv_heads")
+            tier, exchange = layouts(request)
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         with self.lock:

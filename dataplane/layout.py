@@ -14,6 +14,7 @@ v rows going to the CPU and the attention output coming back, in the model's dty
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -181,3 +182,38 @@ class TierAttachment:
     kv_bytes: int
     exchange_segment: str
     exchange_bytes: int
+
+
+class TierDims(Protocol):
+    """The dimensions a tier is made with (the scheduler's InitTier message has them)."""
+
+    num_layers: int
+    num_blocks: int
+    block_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    kv_dtype: str
+    io_dtype: str
+    max_rows: int
+    max_blocks_per_seq: int
+
+
+def layouts(d: TierDims) -> tuple[TierLayout, ExchangeLayout]:
+    """The tier's and the exchange's layouts for these dimensions; ValueError when they
+    make no valid layout. Both executors build them from the same message."""
+    tier = TierLayout(
+        d.num_layers, d.num_blocks, d.block_size, d.num_kv_heads, d.head_dim, d.kv_dtype
+    )
+    exchange = ExchangeLayout(
+        d.num_layers,
+        d.max_rows,
+        d.max_blocks_per_seq,
+        d.num_heads,
+        d.num_kv_heads,
+        d.head_dim,
+        d.io_dtype,
+    )
+    if d.num_heads % d.num_kv_heads:
+        raise ValueError("num_heads must be a multiple of num_kv_heads")
+    return tier, exchange

@@ -17,7 +17,7 @@ import torch
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
 from common.grpc_server import serve_until_signalled, setup_logging
-from dataplane.layout import ExchangeLayout, TierAttachment, TierLayout
+from dataplane.layout import TierAttachment, layouts
 from dataplane.shm import SharedMemoryError
 from gpu_executor.batch import SeqInput, pack
 from gpu_executor.cpu_link import CpuExecutorLost, CpuLink
@@ -150,20 +150,10 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
 def attachment(layout: executor_pb2.CpuTierLayout) -> TierAttachment:
     """The CPU executor's answer to InitTier, as the data plane takes it. Raises
     ValueError when the dimensions make no valid layout."""
-    d = layout.dims
+    tier, exchange = layouts(layout.dims)
     return TierAttachment(
-        tier=TierLayout(
-            d.num_layers, d.num_blocks, d.block_size, d.num_kv_heads, d.head_dim, d.kv_dtype
-        ),
-        exchange=ExchangeLayout(
-            d.num_layers,
-            d.max_rows,
-            d.max_blocks_per_seq,
-            d.num_heads,
-            d.num_kv_heads,
-            d.head_dim,
-            d.io_dtype,
-        ),
+        tier=tier,
+        exchange=exchange,
         kv_segment=layout.kv_segment,
         kv_bytes=layout.kv_bytes,
         exchange_segment=layout.exchange_segment,
