@@ -62,6 +62,19 @@ class AttentionWorker(threading.Thread):
                 return True
         return False
 
+    def wait_input(self, counter: int, step: int) -> bool:
+        """Wait for this step's input on `counter`. False when stopping, or when the GPU
+        side has begun a newer step: it gave up on this one (this process was paused or
+        slow past its timeout), and the worker must follow it to the new step instead
+        of waiting for layers of the old one that will never come."""
+        ex = self.exchange
+        while not self.stop_flag.is_set():
+            if ex.wait(counter, step, POLL_S):
+                return ex.value(STEP) == step  # a newer step's signal also reaches `step`
+            if ex.value(STEP) != step:
+                return False
+        return False
+
     def loop(self) -> None:
         ex, views = self.exchange, self.exchange.views
         views.header[7] = os.getpid()  # the GPU side checks this process is alive
@@ -73,16 +86,25 @@ class AttentionWorker(threading.Thread):
             parts = [(0, split), (split, rows)] if 0 < split < rows else [(0, rows)]
             width = int(views.header[1])
             tables = np.ascontiguousarray(views.block_tables[:rows, :width])
-            for layer in range(self.tier.num_layers):
-                for part, (lo, hi) in enumerate(parts):
-                    if not self.wait(layer_in(layer, part), step):
-                        return
-                    t1 = time.perf_counter()
-                    self.attend(layer, lo, hi, tables[lo:hi])
-                    self.attention_s += time.perf_counter() - t1
-                    ex.signal(layer_out(layer, part), step)
-            self.steps += 1
-            ex.signal(DONE, step)
+            if self.serve_step(step, parts, tables):
+                self.steps += 1
+                ex.signal(DONE, step)
+            elif ex.value(STEP) != step:
+                log.warning(
+                    "step %d was abandoned by the GPU side; following step %d", step, ex.value(STEP)
+                )
+
+    def serve_step(self, step: int, parts: list[tuple[int, int]], tables: np.ndarray) -> bool:
+        """Every layer of one step; False if it ended early (stopping, or superseded)."""
+        for layer in range(self.tier.num_layers):
+            for part, (lo, hi) in enumerate(parts):
+                if not self.wait_input(layer_in(layer, part), step):
+                    return False
+                t1 = time.perf_counter()
+                self.attend(layer, lo, hi, tables[lo:hi])
+                self.attention_s += time.perf_counter() - t1
+                self.exchange.signal(layer_out(layer, part), step)
+        return True
 
     def attend(self, layer: int, lo: int, hi: int, tables: np.ndarray) -> None:
         """Rows [lo, hi) of this step: append their k/v into the tier and attend."""

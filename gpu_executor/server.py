@@ -31,8 +31,9 @@ SERVICE = executor_pb2.DESCRIPTOR.services_by_name["GpuExecutor"].full_name
 
 
 class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
-    def __init__(self, model: LlamaModel) -> None:
+    def __init__(self, model: LlamaModel, dataplane_timeout_s: float = 30.0) -> None:
         self.model = model
+        self.dataplane_timeout_s = dataplane_timeout_s
         self.link: CpuLink | None = None  # the CPU tier, once attached
         self.lock = threading.Lock()  # one step at a time: the cache is shared state
 
@@ -92,7 +93,9 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
     def AttachCpuTier(self, request, context) -> executor_pb2.AttachCpuTierResponse:
         with self.lock:
             try:
-                self.link = CpuLink(attachment(request), self.model.device)
+                self.link = CpuLink(
+                    attachment(request), self.model.device, self.dataplane_timeout_s
+                )
             except (SharedMemoryError, ValueError) as e:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         log.info(
@@ -187,8 +190,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if any)")
     ap.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument(
+        "--dataplane-timeout-s",
+        type=float,
+        default=30.0,
+        help="how long a step waits for the CPU executor's output of one layer before it "
+        "fails (the scheduler then recomputes and the CPU executor resynchronises)",
+    )
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
+    if not args.dataplane_timeout_s > 0:
+        raise SystemExit("apex-gpu-executor: --dataplane-timeout-s must be > 0")
     setup_logging("gpu-executor", args.log_level)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -210,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             ("grpc.max_send_message_length", 64 * 2**20),
         ],
     )
-    executor_pb2_grpc.add_GpuExecutorServicer_to_server(GpuExecutorServicer(model), server)
+    servicer = GpuExecutorServicer(model, args.dataplane_timeout_s)
+    executor_pb2_grpc.add_GpuExecutorServicer_to_server(servicer, server)
     serve_until_signalled(server, SERVICE, args.host, args.port, "apex-gpu-executor")
     log.info("stopped")
 

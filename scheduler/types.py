@@ -83,6 +83,7 @@ class Request:
     matched_stop: str = ""
     preemptions: int = 0
     migrations: int = 0
+    failed_steps: int = 0  # executor steps that carried it and failed
     first_token_time: float | None = None
     finish_time: float | None = None
 

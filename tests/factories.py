@@ -9,11 +9,13 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +126,19 @@ def run(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
 
 
+def pause(pid: int, timeout_s: float = 5.0) -> None:
+    """SIGSTOP a process and return once every one of its threads has stopped (kill
+    returns before a running thread is actually off its core)."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped() -> bool:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        return all((t / "stat").read_text().rsplit(")", 1)[1].split()[0] in "tT" for t in tasks)
+
+    if not wait_until(stopped, timeout_s):
+        raise RuntimeError(f"process {pid} did not stop")
+
+
 def wait_until(predicate, timeout_s: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -207,13 +222,15 @@ def byte_chars() -> list[str]:
 class FakeExecutors:
     """Stands in for both executors (an `ExecutorPort`): each request emits the tokens of
     its scripted reply, then EOS, wherever and however the plan says it runs. Faults and
-    slowness are dialled in: `fail_next` steps raise ExecutorError, `recovers` says
+    slowness are dialled in: `fail_next` steps (and those `fail_if` picks) raise
+    ExecutorError, `recovers` says
     whether recovery succeeds, `step_s` makes each step take that long."""
 
     def __init__(self, replies: dict[str, list[int]] | None = None, step_s: float = 0.0):
         self.replies = replies or {}
         self.step_s = step_s
         self.fail_next = 0
+        self.fail_if: Callable[[StepPlan], bool] = lambda plan: False
         self.recovers = True
         self.plans: list[StepPlan] = []
         self.recoveries = 0
@@ -225,8 +242,8 @@ class FakeExecutors:
         self.plans.append(plan)
         if self.step_s:
             await asyncio.sleep(self.step_s)
-        if self.fail_next:
-            self.fail_next -= 1
+        if self.fail_next or self.fail_if(plan):
+            self.fail_next = max(0, self.fail_next - 1)
             raise ExecutorError("UNAVAILABLE", "the fake executor failed this step")
         tokens = []
         for seq in plan.seqs:

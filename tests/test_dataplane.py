@@ -9,7 +9,10 @@ output) shows up as a mismatch.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import time
 
 import grpc
 import numpy as np
@@ -18,9 +21,10 @@ import torch
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
 from dataplane.shm import Segment, SharedMemoryError
-from gpu_executor.cpu_link import CpuLink, CpuRows
+from gpu_executor.cpu_link import CpuExecutorLost, CpuLink, CpuRows
 from gpu_executor.server import attachment
 from launcher.stack import Child, free_port, start, stop, wait_healthy
+from tests.factories import pause
 
 LAYERS, H, KVH, D, BS, BLOCKS, MAX_ROWS, MAX_BLOCKS = 6, 4, 2, 16, 8, 512, 16, 24
 
@@ -37,7 +41,7 @@ def cpu_executor(tmp_path):
         )
         try:
             wait_healthy(child, 60)
-            yield child.address
+            yield child
         finally:
             stop([child])
 
@@ -53,8 +57,9 @@ def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_many_steps_random_rows_no_torn_or_stale_reads(cpu_executor):
-    with grpc.insecure_channel(cpu_executor) as ch:
+def attach(cpu_executor: Child, timeout_s: float) -> CpuLink:
+    """Set up the tier as the daemon would, and attach to it as the GPU executor does."""
+    with grpc.insecure_channel(cpu_executor.address) as ch:
         layout = executor_pb2_grpc.CpuExecutorStub(ch).InitTier(
             executor_pb2.InitTierRequest(
                 num_layers=LAYERS,
@@ -69,7 +74,11 @@ def test_many_steps_random_rows_no_torn_or_stale_reads(cpu_executor):
                 max_blocks_per_seq=MAX_BLOCKS,
             )
         )
-    link = CpuLink(attachment(layout), torch.device("cpu"), timeout_s=20)
+    return CpuLink(attachment(layout), torch.device("cpu"), timeout_s=timeout_s)
+
+
+def test_many_steps_random_rows_no_torn_or_stale_reads(cpu_executor):
+    link = attach(cpu_executor, timeout_s=20)
     rng = random.Random(1)
     nrng = np.random.default_rng(1)
     free = list(range(BLOCKS))
@@ -112,6 +121,52 @@ def test_many_steps_random_rows_no_torn_or_stale_reads(cpu_executor):
                 checked += 1
         link.finish()  # raises CpuExecutorLost if the CPU side never ends the step
     assert checked > 2000
+
+
+def one_layer(link: CpuLink, layer: int, rows: int, seed: int):
+    """Send random q/k/v for `rows` rows of one layer; returns them."""
+    g = np.random.default_rng(seed)
+    q = g.standard_normal((rows, H, D), np.float32)
+    k = g.standard_normal((rows, KVH, D), np.float32)
+    v = g.standard_normal((rows, KVH, D), np.float32)
+    link.send(layer, torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v))
+    link.publish(layer)
+    return q, k, v
+
+
+@pytest.mark.parametrize("paused_at", [0, LAYERS // 2, LAYERS - 1])
+def test_a_cpu_executor_paused_past_the_timeout_resynchronises(cpu_executor, paused_at):
+    """The GPU side gives up on a step at layer `paused_at` while the CPU executor is
+    stopped; once it runs again, it must follow the next step, not wait for the rest of
+    the abandoned one (which would wedge every later step)."""
+    link = attach(cpu_executor, timeout_s=1.0)
+    pid = cpu_executor.proc.pid
+    # The abandoned step: rows 0-1, one block each.
+    link.begin(CpuRows(torch.arange(2), [[0], [1]], [1, 1], [0, BS]))
+    for layer in range(paused_at):
+        one_layer(link, layer, 2, layer)
+        link.receive(layer, torch.float32)
+    pause(pid)
+    try:
+        one_layer(link, paused_at, 2, 99)
+        t = time.monotonic()
+        with pytest.raises(CpuExecutorLost, match="did not answer"):
+            link.receive(paused_at, torch.float32)
+        assert time.monotonic() - t < 5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # The next steps use fresh blocks (the engine recomputes the abandoned rows elsewhere)
+    # and must come out exact, every layer, at the first try.
+    for step in range(3):
+        blocks = [[10 + 2 * step], [11 + 2 * step], [40 + step]]
+        link.begin(CpuRows(torch.arange(3), blocks, [1, 1, 1], [b[0] * BS for b in blocks]))
+        for layer in range(LAYERS):
+            q, k, v = one_layer(link, layer, 3, 1000 * step + layer)
+            out = link.receive(layer, torch.float32).numpy()
+            for i in range(3):
+                ref = attention_ref(q[i], k[i : i + 1], v[i : i + 1])
+                assert np.abs(out[i] - ref).max() < 1e-4, f"step {step} layer {layer} row {i}"
+        link.finish()
 
 
 def test_attach_checks_the_agreed_size(tmp_path, monkeypatch):

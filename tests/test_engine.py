@@ -245,6 +245,27 @@ def test_a_step_that_always_fails_ends_its_requests_with_internal(tokenizer):
     assert engine.scheduler.gpu.num_used == 0 and engine.streams == {}
 
 
+def test_a_request_whose_decode_steps_keep_failing_ends_within_a_bound(tokenizer):
+    """Prefills succeed and every decode step fails (a CPU executor that is wedged, as
+    issue 10 found): failures are counted per request, not per run of failed steps, so
+    recovery cannot keep the request alive forever."""
+
+    async def scenario():
+        fake = FakeExecutors()
+        fake.fail_if = lambda plan: plan.num_prefill_tokens == 0
+        engine = make_engine(tokenizer, fake)
+        engine.start()
+        items = await collect(engine.submit(request("r", max_tokens=8)))
+        await engine.stop()
+        return items, fake, engine
+
+    items, fake, engine = run(scenario)
+    assert isinstance(items[-1], EngineError) and items[-1].code is ErrorCode.INTERNAL
+    assert f"failed {MAX_FAILED_STEPS} steps" in items[-1].message
+    assert len(fake.plans) == 2 * MAX_FAILED_STEPS  # prefill, failed decode; three times
+    assert engine.streams == {} and engine.scheduler.gpu.num_used == 0
+
+
 def test_executors_that_never_come_back_end_every_request_with_unavailable(tokenizer):
     async def scenario():
         fake = FakeExecutors()

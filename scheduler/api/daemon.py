@@ -130,8 +130,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=30.0,
         help="on SIGTERM or Drain, how long in-flight requests may take",
     )
+    ap.add_argument(
+        "--step-timeout-s",
+        type=float,
+        default=120.0,
+        help="how long one iteration may take at the GPU executor before it counts as "
+        "failed (its requests are recomputed; a request in 3 failed steps ends)",
+    )
+    ap.add_argument(
+        "--recovery-timeout-s",
+        type=float,
+        default=120.0,
+        help="after a failed step, how long to wait for the executors to answer again "
+        "before every request ends with UNAVAILABLE",
+    )
     ap.add_argument("--log-level", default="INFO")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if not args.drain_grace_s >= 0:
+        ap.error("--drain-grace-s must be >= 0")
+    for name in ("step_timeout_s", "recovery_timeout_s"):
+        if not getattr(args, name) > 0:
+            ap.error(f"--{name.replace('_', '-')} must be > 0")
+    return args
 
 
 def load_policy(args: argparse.Namespace, key: str) -> tuple[CostModel | None, Policy]:
@@ -304,6 +324,8 @@ async def serve(args: argparse.Namespace) -> None:
         Scheduler(config, tokenizer.eos_token_ids, policy=policy),
         executors,
         tokenizer,
+        step_timeout_s=args.step_timeout_s,
+        recovery_timeout_s=args.recovery_timeout_s,
         observer=metrics,
         cost=cost,
     )

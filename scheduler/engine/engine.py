@@ -115,7 +115,6 @@ class Engine:
             await self.task
 
     async def run(self) -> None:
-        failures = 0  # consecutive failed steps
         while not self.stopping:
             if self.hold.locked():  # the profiler has the executors
                 async with self.hold:
@@ -136,24 +135,16 @@ class Engine:
                 self.trace.record(plan, self.scheduler.policy.name, predicted, measured)
                 self.scheduler.policy.calibration.observe(plan.model_s, measured)
                 self.apply(plan, reply.next_tokens)
-                failures = 0
             except ExecutorError as e:
-                failures += 1
-                if failures >= MAX_FAILED_STEPS:
-                    # The same plan keeps failing: a fault in the executor, not a crash
-                    # that a restart cures. End these requests instead of looping.
-                    self.fail_plan(
-                        plan,
-                        ErrorCode.INTERNAL,
-                        f"the executor failed {failures} steps in a row: {e}",
-                    )
-                    failures = 0
-                    continue
-                await self.recover(e)
+                if self.give_up_on_repeated_failures(plan, e):
+                    await self.recover(e)
                 continue
             except Exception:  # a bug of ours must not leave requests hanging
                 log.exception("engine iteration failed; ending the requests of this plan")
-                self.fail_plan(plan, ErrorCode.INTERNAL, "internal error in the engine")
+                for seq in plan.seqs:
+                    self.fail(
+                        seq.request.request_id, ErrorCode.INTERNAL, "internal error in the engine"
+                    )
                 continue
             finally:
                 self.stepping = False
@@ -170,9 +161,21 @@ class Engine:
             return plan.predicted_s
         return self.predictor.predict(work)
 
-    def fail_plan(self, plan: StepPlan, code: ErrorCode, message: str) -> None:
+    def give_up_on_repeated_failures(self, plan: StepPlan, error: ExecutorError) -> bool:
+        """Counts the failed step against each request it carried; a request in
+        MAX_FAILED_STEPS failed steps ends with INTERNAL (a fault that recomputing does
+        not cure must not keep it alive, whatever the executors do). True if some of the
+        plan's requests are left to recompute."""
+        left = False
         for seq in plan.seqs:
-            self.fail(seq.request.request_id, code, message)
+            req = seq.request
+            req.failed_steps += 1
+            if req.failed_steps >= MAX_FAILED_STEPS:
+                message = f"the executors failed {req.failed_steps} steps that carried it: {error}"
+                self.fail(req.request_id, ErrorCode.INTERNAL, message)
+            else:
+                left = left or not req.finished
+        return left
 
     def fail(self, request_id: str, code: ErrorCode, message: str) -> None:
         """End one live request with a status instead of an output."""
