@@ -7,8 +7,13 @@ without the protos at hand).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
+import os
 import signal
+import socket
+import sys
 import threading
 from collections.abc import Iterable
 
@@ -18,6 +23,62 @@ from grpc_reflection.v1alpha import reflection
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# gRPC binds with SO_REUSEPORT by default: a second server on a taken port would start,
+# and clients would be served by either at random. Ours refuse to share.
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+LAUNCHER_PID = "APEX_LAUNCHER_PID"  # set by `apex serve` for the processes it starts
+PR_SET_PDEATHSIG = 1
+
+
+def exit_with_launcher() -> None:
+    """A process started by `apex serve` gets SIGTERM when the launcher dies (even by
+    kill -9), so that no orphan lives on holding the port and the CPU tier's memory."""
+    launcher = os.environ.get(LAUNCHER_PID)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(launcher):  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (port 0 is never taken)."""
+    if port == 0:
+        return False
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
+    return False
+
+
+def listen(
+    server: grpc.Server | grpc.aio.Server,
+    host: str,
+    port: int,
+    prog: str,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """Bind the server (made with SERVER_OPTIONS); exits with one line when the port is
+    taken or cannot be bound. Returns the port bound."""
+    address = f"{host}:{port}"
+    taken = f"{prog}: cannot listen on {address}: the port is in use (another apex serve?)"
+    if port_taken(host, port):
+        raise SystemExit(taken)
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
+    except RuntimeError as e:  # lost a race for the port, or an address that cannot be had
+        raise SystemExit(taken if port_taken(host, port) else f"{prog}: {e}") from e
+    if bound == 0:
+        raise SystemExit(f"{prog}: cannot listen on {address}")
+    return bound
 
 
 def add_health_and_reflection(
@@ -80,9 +141,7 @@ def serve_until_signalled(
     """Listen, report SERVING, block until SIGTERM or SIGINT, then report NOT_SERVING and
     stop the server (in-flight calls get 2 s). For the executors' synchronous servers."""
     health = add_health_and_reflection(server, [service])
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise SystemExit(f"{prog}: cannot listen on {host}:{port}")
+    bound = listen(server, host, port, prog)
     server.start()
     set_serving(health, [service], True)
     logging.getLogger(prog).info("serving on %s:%d%s", host, bound, what)

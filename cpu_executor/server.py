@@ -16,7 +16,12 @@ from concurrent import futures
 import grpc
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
-from common.grpc_server import serve_until_signalled, setup_logging
+from common.grpc_server import (
+    SERVER_OPTIONS,
+    exit_with_launcher,
+    serve_until_signalled,
+    setup_logging,
+)
 from cpu_executor.worker import AttentionWorker
 from dataplane.exchange import Exchange
 from dataplane.layout import layouts
@@ -24,6 +29,7 @@ from dataplane.shm import (
     SHM_DIR,
     Segment,
     SharedMemoryError,
+    check_host_memory,
     remove_stale_segments,
     unique_name,
 )
@@ -33,8 +39,9 @@ SERVICE = executor_pb2.DESCRIPTOR.services_by_name["CpuExecutor"].full_name
 
 
 class CpuExecutorServicer(executor_pb2_grpc.CpuExecutorServicer):
-    def __init__(self, threads: int, paths: tuple[str, ...]) -> None:
+    def __init__(self, threads: int, paths: tuple[str, ...], host_reserve_bytes: int = 0) -> None:
         self.threads = threads
+        self.host_reserve_bytes = host_reserve_bytes
         self.paths = paths
         self.lock = threading.Lock()
         self.segments: list[Segment] = []
@@ -61,6 +68,7 @@ class CpuExecutorServicer(executor_pb2_grpc.CpuExecutorServicer):
         with self.lock:
             self.release()
             try:
+                check_host_memory(tier.nbytes + exchange.nbytes, self.host_reserve_bytes)
                 kv_seg = Segment.create(unique_name("kv"), tier.nbytes)
                 self.segments.append(kv_seg)
                 ex_seg = Segment.create(unique_name("exchange"), exchange.nbytes)
@@ -125,9 +133,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--paths", default="kernel,ort", help="attention paths to choose from: kernel, ort or both"
     )
+    ap.add_argument(
+        "--host-reserve-gb",
+        type=float,
+        default=2.0,
+        help="memory the CPU tier must leave to the rest of the host (GB)",
+    )
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     setup_logging("cpu-executor", args.log_level)
+    if not args.host_reserve_gb >= 0:
+        raise SystemExit("apex-cpu-executor: --host-reserve-gb must be >= 0")
+    exit_with_launcher()
     if args.cores:
         os.sched_setaffinity(0, parse_cores(args.cores))
     threads = args.threads or default_threads()
@@ -140,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     if SHM_DIR.is_dir():
         for name in remove_stale_segments():
             log.info("removed the stale segment /dev/shm/%s of a process that is gone", name)
-    servicer = CpuExecutorServicer(threads, paths)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    servicer = CpuExecutorServicer(threads, paths, int(args.host_reserve_gb * 1e9))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=SERVER_OPTIONS)
     executor_pb2_grpc.add_CpuExecutorServicer_to_server(servicer, server)
     serve_until_signalled(
         server,

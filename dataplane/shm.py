@@ -51,6 +51,31 @@ def remove_stale_segments() -> list[str]:
     return removed
 
 
+def memory_available_bytes() -> int | None:
+    """The host's MemAvailable (what it can still hand out without swapping), or None
+    where /proc/meminfo does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_host_memory(size: int, reserve: int) -> None:
+    """Refuse a tier that would leave the host less than `reserve` bytes: /dev/shm is
+    often sized at half the RAM or more, and a tier that fills it starves the executors
+    and everything else on the host."""
+    available = memory_available_bytes()
+    if available is not None and size > available - reserve:
+        raise SharedMemoryError(
+            f"the CPU tier needs {size / 1e9:.2f} GB but the host has "
+            f"{available / 1e9:.2f} GB available and keeps {reserve / 1e9:.2f} GB in reserve "
+            "(--host-reserve-gb): lower --cpu-kv-gb"
+        )
+
+
 class Segment:
     def __init__(self, name: str, size: int, fd: int, owner: bool) -> None:
         self.name = name

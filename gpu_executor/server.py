@@ -16,7 +16,12 @@ import grpc
 import torch
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
-from common.grpc_server import serve_until_signalled, setup_logging
+from common.grpc_server import (
+    SERVER_OPTIONS,
+    exit_with_launcher,
+    serve_until_signalled,
+    setup_logging,
+)
 from dataplane.layout import TierAttachment, layouts
 from dataplane.shm import SharedMemoryError
 from gpu_executor.batch import SeqInput, pack
@@ -202,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.dataplane_timeout_s > 0:
         raise SystemExit("apex-gpu-executor: --dataplane-timeout-s must be > 0")
     setup_logging("gpu-executor", args.log_level)
+    exit_with_launcher()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = args.device or default_device()
@@ -218,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
         options=[
+            *SERVER_OPTIONS,
             ("grpc.max_receive_message_length", 64 * 2**20),
             ("grpc.max_send_message_length", 64 * 2**20),
         ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -56,10 +57,27 @@ def main(argv: list[str] | None = None) -> None:
     srv.add_argument("--cpu-kv-dtype", help="float32, float16 or bfloat16 (default: the model's)")
     srv.add_argument("--cpu-threads", type=int, default=0, help="CPU attention threads")
     srv.add_argument("--cpu-cores", default="", help="pin the CPU executor, e.g. 0-7")
+    srv.add_argument(
+        "--host-reserve-gb",
+        type=float,
+        help="memory the CPU tier must leave to the rest of the host (GB, default 2)",
+    )
     srv.add_argument("--block-size", type=int)
     srv.add_argument("--max-model-len", type=int)
     srv.add_argument("--max-num-seqs", type=int)
     srv.add_argument("--max-queue", type=int)
+    srv.add_argument(
+        "--drain-grace-s",
+        type=float,
+        help="on SIGTERM or Ctrl-C, how long in-flight requests may take (default 30)",
+    )
+    srv.add_argument("--tls-cert", help="PEM certificate: the daemon serves TLS")
+    srv.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    srv.add_argument(
+        "--generation-token",
+        help="bearer token for Generation calls (or env APEX_GENERATION_TOKEN)",
+    )
+    srv.add_argument("--admin-token", help="bearer token for Admin calls (or env APEX_ADMIN_TOKEN)")
     args = ap.parse_args(argv)
 
     if args.command == "init-model":
@@ -93,17 +111,30 @@ def main(argv: list[str] | None = None) -> None:
         "max_num_seqs",
         "max_queue",
         "cpu_kv_dtype",
+        "drain_grace_s",
+        "tls_cert",
+        "tls_key",
     )
     for flag in flags:
         value = getattr(args, flag)
         if value is not None:
             scheduler_args += ["--" + flag.replace("_", "-"), str(value)]
+    # Tokens reach the daemon through its environment, not its command line (which any
+    # user of the host can read in the process list).
+    for flag, env in (
+        ("generation_token", "APEX_GENERATION_TOKEN"),
+        ("admin_token", "APEX_ADMIN_TOKEN"),
+    ):
+        if getattr(args, flag):
+            os.environ[env] = getattr(args, flag)
     cpu_args = None
     if args.cpu_kv_gb > 0:
         scheduler_args += ["--cpu-kv-gb", str(args.cpu_kv_gb)]
         cpu_args = ["--threads", str(args.cpu_threads)]
         if args.cpu_cores:
             cpu_args += ["--cores", args.cpu_cores]
+        if args.host_reserve_gb is not None:
+            cpu_args += ["--host-reserve-gb", str(args.host_reserve_gb)]
     elif args.placement == "cpu":
         sys.exit("apex serve: --placement cpu needs a CPU tier (--cpu-kv-gb > 0)")
     sys.exit(stack.serve(model, args.host, args.port, executor_args, scheduler_args, cpu_args))

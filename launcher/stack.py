@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.grpc_server import check_health
+from common.grpc_server import LAUNCHER_PID, check_health, port_taken
 
 
 class LaunchError(RuntimeError):
@@ -38,15 +38,28 @@ class Child:
     argv: list[str]
     log_file: object = None
 
+    def flag(self, name: str) -> str | None:
+        """The value this child was started with for `name`, if any."""
+        return self.argv[self.argv.index(name) + 1] if name in self.argv else None
+
     @property
     def tls_ca(self) -> str | None:
         """A daemon serving TLS with a self-signed certificate is probed with it as CA."""
-        if "--tls-cert" in self.argv:
-            return self.argv[self.argv.index("--tls-cert") + 1]
-        return None
+        return self.flag("--tls-cert")
+
+    @property
+    def stop_grace_s(self) -> float:
+        """How long a SIGTERM may take before SIGKILL: the daemon's whole drain grace
+        (its own default when not given) and a margin to stop after it."""
+        if self.name != "scheduler":
+            return EXECUTOR_STOP_S
+        return float(self.flag("--drain-grace-s") or DEFAULT_DRAIN_GRACE_S) + STOP_MARGIN_S
 
 
 MAX_RESTARTS = 10  # per executor, over the life of the stack
+DEFAULT_DRAIN_GRACE_S = 30.0  # the daemon's --drain-grace-s default
+STOP_MARGIN_S = 10.0
+EXECUTOR_STOP_S = 10.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -76,6 +89,7 @@ def start(name: str, argv: list[str], address: str, log_file=None) -> Child:
         stdout=log_file,
         stderr=subprocess.STDOUT if log_file else None,
         start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
+        env={**os.environ, LAUNCHER_PID: str(os.getpid())},  # they end if the launcher dies
     )
     return Child(name, proc, address, list(argv), log_file)
 
@@ -116,13 +130,14 @@ def wait_healthy(child: Child, timeout_s: float) -> None:
     raise LaunchError(f"{child.name} at {child.address} was not healthy in {timeout_s:.0f} s")
 
 
-def stop(children: list[Child], grace_s: float = 10.0) -> None:
-    """Stop in reverse start order: SIGTERM, wait, then SIGKILL what is left."""
+def stop(children: list[Child]) -> None:
+    """Stop in reverse start order: SIGTERM, wait (the daemon its drain grace), then
+    SIGKILL what is left."""
     for child in reversed(children):
         if child.proc.poll() is None:
             child.proc.send_signal(signal.SIGTERM)
             try:
-                child.proc.wait(grace_s)
+                child.proc.wait(child.stop_grace_s)
             except subprocess.TimeoutExpired:
                 child.proc.kill()
                 child.proc.wait()
@@ -259,6 +274,9 @@ def serve(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if port_taken(host, port):
+        print(f"apex: cannot serve on {host}:{port}: the port is in use", file=sys.stderr)
+        return 1
     try:
         with local_stack(
             model, host, port, executor_args, scheduler_args, cpu_executor_args=cpu_executor_args

@@ -200,3 +200,34 @@ def test_full_queue_gets_resource_exhausted(models, tmp_path):
         with stack.client() as c:
             assert c.status().rejected_requests == len(rejected)
             assert idle(c)
+
+
+MALFORMED = [
+    # field 2 (text) holding bytes that are not UTF-8
+    ("invalid utf-8 in text", b"\x12\x03a\xff\xfe"),
+    # a length-delimited field that claims more bytes than the message has
+    ("corrupt wire format", b"\x12\x7fabc"),
+]
+
+
+@pytest.mark.parametrize("method", ["GenerateUnary", "Generate"])
+def test_malformed_bytes_get_invalid_argument_and_no_traceback(tiny_stack, method):
+    """What a generic client (grpcurl, a hand-rolled stub) may send: raw bytes."""
+    with grpc.insecure_channel(tiny_stack.address) as ch:
+        for name, payload in MALFORMED:
+            if method == "Generate":
+                call = ch.unary_stream(f"/apex.v1.Generation/{method}")
+                with pytest.raises(grpc.RpcError) as err:
+                    list(call(payload, timeout=10))
+            else:
+                call = ch.unary_unary(f"/apex.v1.Generation/{method}")
+                with pytest.raises(grpc.RpcError) as err:
+                    call(payload, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+            assert "could not be parsed" in err.value.details()
+    with tiny_stack.client() as c:  # and it keeps serving
+        assert len(c.generate(PROMPT, max_tokens=2, temperature=0.0).token_ids) >= 1
+    logs = tiny_stack.logs()
+    assert "Traceback" not in logs and "DecodeError" not in logs.replace("DecodeError:", "")
+    # one line per 10 s at most, however many arrive
+    assert 1 <= logs.count("refused a malformed request") <= 2

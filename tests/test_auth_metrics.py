@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -18,10 +17,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from clients.apex_client import ApexClient
 from common.grpc_server import check_health
 from launcher.stack import free_port
-from tests.factories import running_stack
+from tests.factories import BIN, running_stack
 
 PROMPT = [0, 45, 99, 301, 7]
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +137,9 @@ def test_metrics_follow_the_work(secured):
         assert c.status().predictor_samples >= 15
 
 
-def test_tls(models, tmp_path):
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A key and a self-signed certificate for 127.0.0.1/localhost: (key, cert)."""
+    key, cert = folder / f"{name}-key.pem", folder / f"{name}-cert.pem"
     subprocess.run(
         [
             "openssl",
@@ -163,9 +162,55 @@ def test_tls(models, tmp_path):
         check=True,
         capture_output=True,
     )
+    return key, cert
+
+
+def test_tls(models, tmp_path):
+    key, cert = self_signed(tmp_path, "server")
     args = ["--tls-cert", str(cert), "--tls-key", str(key)]
     with running_stack(models["tiny"], tmp_path / "logs", scheduler_args=args) as stack:
         with ApexClient(stack.address, timeout=30, tls_ca=str(cert)) as c:
             assert len(c.generate(PROMPT, max_tokens=2, temperature=0.0).token_ids) >= 1
         with ApexClient(stack.address, timeout=5) as c:  # plaintext to a TLS port
             assert code_of(c.model_info) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_mistakes_are_one_line_that_names_the_file(models, tmp_path):
+    key, cert = self_signed(tmp_path, "a")
+    other_key, _ = self_signed(tmp_path, "b")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("this is not a certificate\n")
+    armored = tmp_path / "armored.pem"
+    armored.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    missing = tmp_path / "missing.pem"
+    cases = [
+        (missing, key, f"--tls-cert {missing}: no such file"),
+        (cert, missing, f"--tls-key {missing}: no such file"),
+        (garbage, key, f"--tls-cert {garbage}: not a PEM certificate"),
+        (cert, garbage, f"--tls-key {garbage}: not a PEM private key"),
+        (armored, key, f"--tls-cert {armored} / --tls-key {key}: not a valid certificate"),
+        (cert, other_key, f"--tls-key {other_key} does not belong to the certificate"),
+        (key, cert, f"--tls-cert {key} holds a private key, not a certificate"),
+    ]
+    for cert_file, key_file, message in cases:
+        r = subprocess.run(
+            [
+                str(BIN / "apex-scheduler"),
+                "--model",
+                str(models["tiny"]),
+                "--port",
+                str(free_port()),
+                "--gpu-executor",
+                f"127.0.0.1:{free_port()}",  # nothing there: it must not get that far
+                "--tls-cert",
+                str(cert_file),
+                "--tls-key",
+                str(key_file),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        err = r.stderr.strip()
+        assert r.returncode != 0 and message in err, err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err and "bind" not in err, err

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import grpc
+
+from clients.apex_client import ApexClient
+from common.grpc_server import port_taken
 from launcher.stack import free_port
-from tests.factories import BIN, hf_greedy, run
+from tests.factories import BIN, hf_greedy, run, wait_until
 
 
 def start_serve(model: Path, port: int, *extra: str) -> subprocess.Popen:
@@ -147,6 +153,76 @@ def test_apexctl_drain_stops_apex_serve_cleanly(models, tmp_path):
         assert serve.wait(60) == 0
         rest = serve.stdout.read()
         assert "drained and stopped" in rest and "unexpectedly" not in rest, rest
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+
+
+def children_of(pid: int) -> list[int]:
+    r = run("pgrep", "-P", str(pid))
+    return [int(p) for p in r.stdout.split()]
+
+
+def test_a_taken_port_is_refused_and_a_killed_launcher_takes_its_processes(models, tmp_path):
+    port = free_port()
+    serve = start_serve(models["tiny"], port, "--cpu-kv-gb", "0.05", "--cpu-threads", "1")
+    try:
+        pids = children_of(serve.pid)
+        assert len(pids) == 3, pids  # CPU executor, GPU executor, daemon
+        # A second stack on the same port refuses at once, and says why.
+        model = str(models["tiny"])
+        second = run(str(BIN / "apex"), "serve", "--model", model, "--port", str(port))
+        assert second.returncode == 1 and "port is in use" in second.stderr, second.stderr
+        daemon = run(str(BIN / "apex-scheduler"), "--model", model, "--port", str(port))
+        assert daemon.returncode != 0 and "the port is in use" in daemon.stderr, daemon.stderr
+        assert "Traceback" not in second.stderr + daemon.stderr
+        # The launcher dies without a word: its processes must not live on serving.
+        serve.kill()
+        serve.wait(10)
+        assert wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), 30)
+        assert not port_taken("127.0.0.1", port)
+        assert not [s for s in Path("/dev/shm").glob("apex-*") if int(s.name.split("-")[1]) in pids]
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+
+
+def test_sigterm_gives_in_flight_requests_the_whole_drain_grace(models, tmp_path):
+    """The launcher used to kill the daemon 10 s into its drain: the requests here need
+    longer than that, and all of them must finish."""
+    port = free_port()
+    args = ("--cpu-kv-gb", "0", "--max-num-seqs", "1", "--drain-grace-s", "60")
+    serve = start_serve(models["tiny"], port, *args)
+    address = f"127.0.0.1:{port}"
+    try:
+        with ApexClient(address, timeout=60) as c:
+            t = time.monotonic()
+            c.generate([0, 45, 99], max_tokens=300, temperature=0.0, ignore_eos=True)
+            rate = 300 / (time.monotonic() - t)
+        per_request = 1500
+        n = max(3, math.ceil(14 * rate / per_request))  # > 14 s of work, one at a time
+        outcomes: list = [None] * n
+
+        def one(i: int) -> None:
+            with ApexClient(address, timeout=300) as c:
+                try:
+                    res = c.generate([0, 45, 99 + i], max_tokens=per_request, ignore_eos=True)
+                    outcomes[i] = len(res.token_ids)
+                except grpc.RpcError as e:
+                    outcomes[i] = e.code()
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for th in threads:
+            th.start()
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(120)
+        drained_s = time.monotonic() - t0
+        for th in threads:
+            th.join(30)
+        assert outcomes == [per_request] * n, outcomes
+        assert code == 0 and drained_s > 10.5, drained_s
     finally:
         if serve.poll() is None:
             serve.kill()

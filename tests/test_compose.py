@@ -42,6 +42,17 @@ def test_three_services_with_the_shared_memory_wiring(compose):
     assert tier_gb < float(expand(cpu["shm_size"]).removesuffix("gb"))
 
 
+def test_stop_leaves_the_daemon_its_whole_drain_grace(compose):
+    """compose stops a service before those it depends on, each within its
+    stop_grace_period: the daemon's drain must fit inside it, executors still up."""
+    sched = compose["services"]["scheduler"]
+    command = [expand(a) for a in sched["command"]]
+    grace = float(command[command.index("--drain-grace-s") + 1])
+    period = sched["stop_grace_period"]
+    assert period.endswith("s") and float(period.removesuffix("s")) >= grace + 5
+    assert "gpu-executor" in sched["depends_on"]
+
+
 def test_every_command_exists_and_takes_its_flags(compose):
     for name, svc in compose["services"].items():
         argv = [expand(a) for a in svc["command"]]

@@ -9,10 +9,12 @@ output) shows up as a mismatch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -29,13 +31,13 @@ from tests.factories import pause
 LAYERS, H, KVH, D, BS, BLOCKS, MAX_ROWS, MAX_BLOCKS = 6, 4, 2, 16, 8, 512, 16, 24
 
 
-@pytest.fixture
-def cpu_executor(tmp_path):
+@contextlib.contextmanager
+def cpu_executor_process(folder, *args: str):
     port = free_port()
-    with open(tmp_path / "cpu-executor.log", "wb") as log:
+    with open(folder / "cpu-executor.log", "wb") as log:
         child: Child = start(
             "cpu-executor",
-            ["cpu_executor.server", "--port", str(port), "--threads", "2"],
+            ["cpu_executor.server", "--port", str(port), "--threads", "2", *args],
             f"127.0.0.1:{port}",
             log,
         )
@@ -44,6 +46,12 @@ def cpu_executor(tmp_path):
             yield child
         finally:
             stop([child])
+
+
+@pytest.fixture
+def cpu_executor(tmp_path):
+    with cpu_executor_process(tmp_path) as child:
+        yield child
 
 
 def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -57,10 +65,10 @@ def attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     return out
 
 
-def attach(cpu_executor: Child, timeout_s: float) -> CpuLink:
-    """Set up the tier as the daemon would, and attach to it as the GPU executor does."""
-    with grpc.insecure_channel(cpu_executor.address) as ch:
-        layout = executor_pb2_grpc.CpuExecutorStub(ch).InitTier(
+def init_tier(address: str) -> executor_pb2.CpuTierLayout:
+    """Set up the tier as the daemon would."""
+    with grpc.insecure_channel(address) as ch:
+        return executor_pb2_grpc.CpuExecutorStub(ch).InitTier(
             executor_pb2.InitTierRequest(
                 num_layers=LAYERS,
                 num_blocks=BLOCKS,
@@ -74,7 +82,24 @@ def attach(cpu_executor: Child, timeout_s: float) -> CpuLink:
                 max_blocks_per_seq=MAX_BLOCKS,
             )
         )
+
+
+def attach(cpu_executor: Child, timeout_s: float) -> CpuLink:
+    """Set up the tier, and attach to it as the GPU executor does."""
+    layout = init_tier(cpu_executor.address)
     return CpuLink(attachment(layout), torch.device("cpu"), timeout_s=timeout_s)
+
+
+def test_a_tier_that_would_leave_the_host_short_is_refused(tmp_path):
+    """/dev/shm is often half the RAM or more: a tier that fills it would starve the
+    host, so the CPU executor keeps an operator-set reserve free."""
+    with cpu_executor_process(tmp_path, "--host-reserve-gb", "1000000") as child:
+        with pytest.raises(grpc.RpcError) as err:
+            init_tier(child.address)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "keeps 1000000.00 GB in reserve (--host-reserve-gb)" in err.value.details()
+        assert "lower --cpu-kv-gb" in err.value.details()
+        assert not list(Path("/dev/shm").glob(f"apex-{child.proc.pid}-*")), "nothing allocated"
 
 
 def test_many_steps_random_rows_no_torn_or_stale_reads(cpu_executor):

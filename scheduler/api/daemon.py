@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 
 import grpc
 from apex.v1 import (
@@ -18,12 +17,22 @@ from apex.v1 import (
     generation_pb2_grpc,
 )
 
-from common.grpc_server import add_health_and_reflection, set_serving, setup_logging
+from common.grpc_server import (
+    SERVER_OPTIONS,
+    add_health_and_reflection,
+    exit_with_launcher,
+    listen,
+    port_taken,
+    set_serving,
+    setup_logging,
+)
 from scheduler.api.admin import AdminService
 from scheduler.api.auth import TokenAuthInterceptor
 from scheduler.api.generation import GenerationService
 from scheduler.api.metrics import Metrics
+from scheduler.api.tls import TlsError, server_credentials
 from scheduler.api.validation import Limits
+from scheduler.api.wire import MalformedRequestInterceptor
 from scheduler.core.config import STRATEGIES, ModelSpec, SchedulerConfig
 from scheduler.core.scheduler import Scheduler
 from scheduler.costs.cost_model import CostModel
@@ -37,6 +46,7 @@ from scheduler.policies import POLICIES, Policy, make_policy
 from scheduler.types import ExecutorError
 
 log = logging.getLogger(__name__)
+PROG = "apex-scheduler"
 SERVICES = [
     generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -228,22 +238,6 @@ def tier_spec(args: argparse.Namespace, spec: ModelSpec, info, max_len: int) -> 
     )
 
 
-def listen(server: grpc.aio.Server, args: argparse.Namespace) -> int:
-    address = f"{args.host}:{args.port}"
-    if args.tls_cert or args.tls_key:
-        if not (args.tls_cert and args.tls_key):
-            raise SystemExit("apex-scheduler: TLS needs both --tls-cert and --tls-key")
-        creds = grpc.ssl_server_credentials(
-            [(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())]
-        )
-        bound = server.add_secure_port(address, creds)
-    else:
-        bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise SystemExit(f"apex-scheduler: cannot listen on {address}")
-    return bound
-
-
 async def drain(engine: Engine, grace_s: float) -> None:
     """Take no more requests; let the ones in flight finish for up to grace_s."""
     left = await engine.drain(grace_s)
@@ -251,7 +245,7 @@ async def drain(engine: Engine, grace_s: float) -> None:
         log.warning("drain grace of %.0f s over: %d requests end with UNAVAILABLE", grace_s, left)
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace, credentials: grpc.ServerCredentials | None) -> None:
     spec = ModelSpec.from_dir(args.model)
     tokenizer = TextTokenizer(args.model)
     gpu = GpuExecutorClient(args.gpu_executor)
@@ -361,7 +355,11 @@ async def serve(args: argparse.Namespace) -> None:
     )
     stop = asyncio.Event()
     server = grpc.aio.server(
-        interceptors=[TokenAuthInterceptor(args.generation_token, args.admin_token)]
+        interceptors=[
+            TokenAuthInterceptor(args.generation_token, args.admin_token),
+            MalformedRequestInterceptor(),
+        ],
+        options=SERVER_OPTIONS,
     )
     limits = Limits(max_model_len=max_len, vocab_size=spec.vocab_size)
     generation_pb2_grpc.add_GenerationServicer_to_server(
@@ -371,7 +369,7 @@ async def serve(args: argparse.Namespace) -> None:
         AdminService(engine, spec.name, stop.set, profiler), server
     )
     health = add_health_and_reflection(server, SERVICES)
-    bound = listen(server, args)
+    bound = listen(server, args.host, args.port, PROG, credentials)
     await server.start()
     engine.start()
     set_serving(health, SERVICES, True)
@@ -395,7 +393,16 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging("scheduler", args.log_level)
-    asyncio.run(serve(args))
+    exit_with_launcher()
+    # What can be checked without the executors is checked first: a second daemon on a
+    # taken port, or a TLS mistake, says so at once instead of after minutes of waiting.
+    if port_taken(args.host, args.port):
+        raise SystemExit(f"{PROG}: cannot listen on {args.host}:{args.port}: the port is in use")
+    try:
+        credentials = server_credentials(args.tls_cert, args.tls_key)
+    except TlsError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+    asyncio.run(serve(args, credentials))
 
 
 if __name__ == "__main__":
