@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from launcher import stack
+from scheduler.api.tls import TlsError, server_credentials
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"apex: wrote the {args.preset} model to {out}")
         return
 
+    try:  # the daemon checks them too; here a mistake is said before anything starts
+        server_credentials(args.tls_cert or "", args.tls_key or "")
+    except TlsError as e:
+        sys.exit(f"apex serve: {e}")
     model = args.model or stack.ensure_default_model()
     if not (model / "config.json").is_file():
         sys.exit(

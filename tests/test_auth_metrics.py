@@ -214,3 +214,12 @@ def test_tls_mistakes_are_one_line_that_names_the_file(models, tmp_path):
         err = r.stderr.strip()
         assert r.returncode != 0 and message in err, err
         assert len(err.splitlines()) == 1 and "Traceback" not in err and "bind" not in err, err
+    # apex serve takes the same options, and says the same before it starts anything.
+    swapped = ["--tls-cert", str(key), "--tls-key", str(cert), "--port", str(free_port())]
+    r = subprocess.run(
+        [str(BIN / "apex"), "serve", "--model", str(models["tiny"]), *swapped],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode != 0 and "holds a private key, not a certificate" in r.stderr, r.stderr
