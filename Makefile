@@ -4,6 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 50051
+HTTP_PORT ?= 8000
 
 .PHONY: setup demo serve test lint protos bench
 
@@ -19,7 +20,7 @@ setup: $(VENV)/.installed
 # Start the stack on the default tiny model, stream one generation, stop the stack.
 demo: setup
 	@set -e; \
-	$(VENV)/bin/apex serve --port $(PORT) & pid=$$!; \
+	$(VENV)/bin/apex serve --port $(PORT) --http-port $(HTTP_PORT) & pid=$$!; \
 	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
 	for i in $$(seq 1 600); do \
 	  $(VENV)/bin/apexctl --address 127.0.0.1:$(PORT) --timeout 1 status >/dev/null 2>&1 && break; \
@@ -27,7 +28,10 @@ demo: setup
 	done; \
 	$(VENV)/bin/apexctl --address 127.0.0.1:$(PORT) generate "Once upon a time" \
 	  --max-tokens 48 --temperature 0.8 --seed 1; \
-	$(VENV)/bin/apexctl --address 127.0.0.1:$(PORT) status
+	echo; echo "--- the same stack through the OpenAI-compatible HTTP API (chat):"; \
+	curl -sS http://127.0.0.1:$(HTTP_PORT)/v1/chat/completions -H 'Content-Type: application/json' \
+	  -d '{"model": "tiny", "max_tokens": 32, "seed": 1, "messages": [{"role": "user", "content": "Tell me a story."}]}'; \
+	echo; $(VENV)/bin/apexctl --address 127.0.0.1:$(PORT) status
 
 serve: setup
 	$(VENV)/bin/apex serve --port $(PORT)

@@ -21,6 +21,12 @@ from gpu_executor.tokenizer_corpus import CORPUS
 BOS, EOS = "<s>", "</s>"
 TRAINED_VOCAB = 640  # byte alphabet (256) + merges + specials, for the tiny presets
 SHARD_BYTES = 2 * 1024**3
+# A small role-tagged chat format; like Llama's own templates it writes the BOS itself.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 def build_tokenizer(vocab_size: int | None) -> Tokenizer:
@@ -128,6 +134,7 @@ def init_model(out_dir: str | Path, preset_name: str = DEFAULT_PRESET, seed: int
                 "eos_token": EOS,
                 "model_max_length": preset.max_position_embeddings,
                 "clean_up_tokenization_spaces": False,
+                "chat_template": CHAT_TEMPLATE,
             },
             indent=2,
         )

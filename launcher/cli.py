@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> None:
     srv = sub.add_parser("serve", help="run the executors and the daemon as local processes")
     srv.add_argument("--model", type=Path, help="checkpoint dir (default: the tiny model)")
     srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=50051)
+    srv.add_argument("--port", type=int, default=50051, help="the gRPC API")
+    srv.add_argument(
+        "--http-port", type=int, default=8000, help="the OpenAI-compatible HTTP API (0: off)"
+    )
+    srv.add_argument("--chat-template", help="Jinja chat template file (default: the model's)")
     srv.add_argument("--device", help="executor device: cuda, cuda:N or cpu")
     srv.add_argument("--dtype", default="auto")
     srv.add_argument("--threads", type=int, default=0, help="executor torch threads")
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         "max_queue",
         "cpu_kv_dtype",
         "drain_grace_s",
+        "http_port",
+        "chat_template",
         "tls_cert",
         "tls_key",
     )

@@ -75,7 +75,9 @@ def default_model_dir() -> Path:
 
 def ensure_default_model() -> Path:
     path = default_model_dir()
-    if not (path / "config.json").is_file():
+    tokenizer_config = path / "tokenizer_config.json"
+    outdated = tokenizer_config.is_file() and "chat_template" not in tokenizer_config.read_text()
+    if not (path / "config.json").is_file() or outdated:  # made before it had a chat template
         from gpu_executor.model_init import init_model  # torch only when needed
 
         print(f"apex: creating the default model in {path}", file=sys.stderr)
@@ -173,6 +175,7 @@ class LocalStack:
     address: str
     executor_address: str
     children: list[Child]
+    http_url: str = ""  # the OpenAI-compatible API's base, without /v1; empty: off
 
 
 @contextlib.contextmanager
@@ -198,6 +201,8 @@ def local_stack(
     try:
         ex_addr = f"127.0.0.1:{free_port()}"
         port = port or free_port(host)
+        if "--http-port" not in scheduler_args:  # never the default 8000 of another stack
+            scheduler_args = [*scheduler_args, "--http-port", str(free_port(host))]
         client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         plan: list[tuple[str, str, list[str]]] = []
         if cpu_executor_args is not None:
@@ -248,7 +253,9 @@ def local_stack(
             watcher = Watcher(children)
             watcher.start()
         try:
-            yield LocalStack(children[-1].address, ex_addr, children)
+            http_port = children[-1].flag("--http-port")
+            http = f"http://{client_host}:{http_port}" if http_port not in (None, "0") else ""
+            yield LocalStack(children[-1].address, ex_addr, children, http)
         finally:
             if watcher is not None:
                 watcher.halt()
@@ -274,8 +281,10 @@ def serve(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    if port_taken(host, port):
-        print(f"apex: cannot serve on {host}:{port}: the port is in use", file=sys.stderr)
+    http = scheduler_args.index("--http-port") + 1 if "--http-port" in scheduler_args else 0
+    http_port = int(scheduler_args[http]) if http else 0
+    for taken in (p for p in (port, http_port) if port_taken(host, p)):
+        print(f"apex: cannot serve on {host}:{taken}: the port is in use", file=sys.stderr)
         return 1
     try:
         with local_stack(
@@ -283,7 +292,8 @@ def serve(
         ) as stack:
             print(
                 f"apex: serving {model.name} on {host}:{port} "
-                f'(try: apexctl --address {stack.address} generate "Hello")',
+                f'(try: apexctl --address {stack.address} generate "Hello")'
+                + (f"; OpenAI API on {stack.http_url}/v1" if stack.http_url else ""),
                 flush=True,
             )
             restarts: dict[str, int] = {}

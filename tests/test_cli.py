@@ -199,8 +199,9 @@ def test_sigterm_gives_in_flight_requests_the_whole_drain_grace(models, tmp_path
             t = time.monotonic()
             c.generate([0, 45, 99], max_tokens=300, temperature=0.0, ignore_eos=True)
             rate = 300 / (time.monotonic() - t)
-        per_request = 1500
-        n = max(3, math.ceil(14 * rate / per_request))  # > 14 s of work, one at a time
+        work = 12.5 * rate  # tokens: 12.5 s of decoding, one request at a time
+        n = max(3, math.ceil(work / 2000))  # each within the 2048-token context
+        per_request = math.ceil(work / n)
         outcomes: list = [None] * n
 
         def one(i: int) -> None:
@@ -214,7 +215,7 @@ def test_sigterm_gives_in_flight_requests_the_whole_drain_grace(models, tmp_path
         threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
         for th in threads:
             th.start()
-        time.sleep(1.0)
+        time.sleep(0.5)
         t0 = time.monotonic()
         serve.send_signal(signal.SIGTERM)
         code = serve.wait(120)

@@ -79,6 +79,20 @@ def test_stop_string_is_cut_and_never_streamed(tokenizer):
     assert engine.scheduler.gpu.num_used == 0
 
 
+def test_a_stop_string_completed_by_the_last_allowed_token_is_the_finish_reason(tokenizer):
+    async def scenario():
+        engine = make_engine(tokenizer, FakeExecutors({"r": ids("abcSTOPdef")}))
+        engine.start()
+        items = await collect(engine.submit(request("r", max_tokens=7, stop=("STOP",))))
+        await engine.stop()
+        return items
+
+    items = run(scenario)
+    assert "".join(d.text for d in items) == "abc"
+    assert items[-1].finish_reason is FinishReason.STOP_STRING
+    assert items[-1].matched_stop == "STOP"
+
+
 def test_stop_token_ends_at_its_first_occurrence(tokenizer):
     async def scenario():
         engine = make_engine(tokenizer, FakeExecutors({"r": ids("ab;cd;")}))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import time
 
@@ -28,12 +27,16 @@ from common.grpc_server import (
 )
 from scheduler.api.admin import AdminService
 from scheduler.api.auth import TokenAuthInterceptor
+from scheduler.api.chat_template import ChatTemplate, TemplateError
 from scheduler.api.generation import GenerationService
+from scheduler.api.http import create_app, http_server, wait_started
 from scheduler.api.metrics import Metrics
+from scheduler.api.openai_serving import Served
+from scheduler.api.options import parse_args
 from scheduler.api.tls import TlsError, server_credentials
 from scheduler.api.validation import Limits
 from scheduler.api.wire import MalformedRequestInterceptor
-from scheduler.core.config import STRATEGIES, ModelSpec, SchedulerConfig
+from scheduler.core.config import ModelSpec, SchedulerConfig
 from scheduler.core.scheduler import Scheduler
 from scheduler.costs.cost_model import CostModel
 from scheduler.costs.profile import find_profile, load_profile, profile_key, user_profile_dir
@@ -42,7 +45,7 @@ from scheduler.engine.engine import Engine
 from scheduler.executors.client import CpuExecutorClient, GpuExecutorClient, TierSpec
 from scheduler.executors.profiler import Profiler
 from scheduler.executors.setup import Executors
-from scheduler.policies import POLICIES, Policy, make_policy
+from scheduler.policies import Policy, make_policy
 from scheduler.types import ExecutorError
 
 log = logging.getLogger(__name__)
@@ -54,114 +57,6 @@ SERVICES = [
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 CPU_DEFAULT_KV_GB = 0.5
 GPU_MEMORY_UTILIZATION = 0.9
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="apex-scheduler", description=__doc__)
-    ap.add_argument("--model", required=True, help="checkpoint directory (tokenizer, config)")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=50051)
-    ap.add_argument("--gpu-executor", default="127.0.0.1:50061", help="host:port")
-    tier = ap.add_mutually_exclusive_group()
-    tier.add_argument("--gpu-blocks", type=int, help="GPU KV tier size in blocks")
-    tier.add_argument("--gpu-kv-gb", type=float, help="GPU KV tier size in GB (1e9 bytes)")
-    ap.add_argument("--cpu-executor", default="", help="host:port; empty: no CPU tier")
-    cpu = ap.add_mutually_exclusive_group()
-    cpu.add_argument("--cpu-blocks", type=int, help="CPU KV tier size in blocks")
-    cpu.add_argument("--cpu-kv-gb", type=float, help="CPU KV tier size in GB (default 1)")
-    ap.add_argument(
-        "--cpu-kv-dtype",
-        default="",
-        help="CPU tier storage: float32, float16, bfloat16 (default: the model's)",
-    )
-    ap.add_argument(
-        "--placement",
-        default="auto",
-        choices=["gpu", "cpu", "auto"],
-        help="where decode attention runs: gpu (CPU tier only for swapping), "
-        "cpu (every request after prefill), auto (CPU when the GPU is full)",
-    )
-    ap.add_argument(
-        "--policy",
-        default="apex",
-        choices=list(POLICIES),
-        help="gpu-only (vLLM-like), neo (pipelining, load-aware placement), apex "
-        "(per-iteration strategy and placement under a TPOT bound); switch live with "
-        "`apexctl policy`",
-    )
-    ap.add_argument(
-        "--tpot-slo-ms", type=float, default=0.0, help="apex's TPOT bound (0: from the profile)"
-    )
-    ap.add_argument(
-        "--strategy",
-        default="auto",
-        choices=list(STRATEGIES),
-        help="force how CPU rows run (tests, operations); auto: the policy decides",
-    )
-    ap.add_argument(
-        "--profile",
-        default="auto",
-        help="cost-model profile: auto (the newest measured for this model, dtype and "
-        "device), a JSON path, a shipped profile's name, or none; without one, neo and "
-        "apex fall back to the fixed placement rule",
-    )
-    ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument("--max-model-len", type=int, default=0, help="0: the model's own")
-    ap.add_argument("--max-num-seqs", type=int, default=256)
-    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    ap.add_argument("--max-queue", type=int, default=1024)
-    ap.add_argument(
-        "--executor-wait-s",
-        type=float,
-        default=300.0,
-        help="how long to wait for the executor at start",
-    )
-    ap.add_argument(
-        "--generation-token",
-        default=os.environ.get("APEX_GENERATION_TOKEN", ""),
-        help="bearer token for Generation calls (env APEX_GENERATION_TOKEN)",
-    )
-    ap.add_argument(
-        "--admin-token",
-        default=os.environ.get("APEX_ADMIN_TOKEN", ""),
-        help="bearer token for Admin calls (env APEX_ADMIN_TOKEN)",
-    )
-    ap.add_argument("--tls-cert", default="", help="PEM certificate: serve TLS")
-    ap.add_argument("--tls-key", default="", help="PEM private key for --tls-cert")
-    ap.add_argument(
-        "--metrics-port",
-        type=int,
-        default=0,
-        help="serve Prometheus metrics over HTTP on this port (0: off)",
-    )
-    ap.add_argument(
-        "--drain-grace-s",
-        type=float,
-        default=30.0,
-        help="on SIGTERM or Drain, how long in-flight requests may take",
-    )
-    ap.add_argument(
-        "--step-timeout-s",
-        type=float,
-        default=120.0,
-        help="how long one iteration may take at the GPU executor before it counts as "
-        "failed (its requests are recomputed; a request in 3 failed steps ends)",
-    )
-    ap.add_argument(
-        "--recovery-timeout-s",
-        type=float,
-        default=120.0,
-        help="after a failed step, how long to wait for the executors to answer again "
-        "before every request ends with UNAVAILABLE",
-    )
-    ap.add_argument("--log-level", default="INFO")
-    args = ap.parse_args(argv)
-    if not args.drain_grace_s >= 0:
-        ap.error("--drain-grace-s must be >= 0")
-    for name in ("step_timeout_s", "recovery_timeout_s"):
-        if not getattr(args, name) > 0:
-            ap.error(f"--{name.replace('_', '-')} must be > 0")
-    return args
 
 
 def load_policy(args: argparse.Namespace, key: str) -> tuple[CostModel | None, Policy]:
@@ -236,6 +131,16 @@ def tier_spec(args: argparse.Namespace, spec: ModelSpec, info, max_len: int) -> 
         max_rows=args.max_num_seqs,
         max_blocks_per_seq=-(-max_len // args.block_size),
     )
+
+
+def chat_template(args: argparse.Namespace) -> ChatTemplate | None:
+    try:
+        template = ChatTemplate.load(args.model, args.chat_template or None)
+    except (OSError, TemplateError) as e:
+        raise SystemExit(f"{PROG}: --chat-template {args.chat_template}: {e}") from e
+    if template is None:
+        log.warning("the model has no chat template: /v1/chat/completions needs --chat-template")
+    return template
 
 
 async def drain(engine: Engine, grace_s: float) -> None:
@@ -372,6 +277,14 @@ async def serve(args: argparse.Namespace, credentials: grpc.ServerCredentials | 
     bound = listen(server, args.host, args.port, PROG, credentials)
     await server.start()
     engine.start()
+    http = None
+    if args.http_port:
+        served = Served(engine, tokenizer, limits, spec.name, chat_template(args))
+        app = create_app(served, args.generation_token, metrics.registry)
+        http = http_server(app, args.host, args.http_port)
+        http_task = asyncio.create_task(http.serve(), name="http")
+        await wait_started(http)
+        log.info("OpenAI-compatible HTTP API on http://%s:%d/v1", args.host, args.http_port)
     set_serving(health, SERVICES, True)
     log.info(
         "serving %s on %s:%d%s", spec.name, args.host, bound, " (TLS)" if args.tls_cert else ""
@@ -385,19 +298,23 @@ async def serve(args: argparse.Namespace, credentials: grpc.ServerCredentials | 
     set_serving(health, SERVICES, False)
     await drain(engine, args.drain_grace_s)
     await engine.stop()
+    if http is not None:
+        http.should_exit = True
+        await http_task
     await server.stop(grace=2.0)
     await executors.close()
     log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__)
     setup_logging("scheduler", args.log_level)
     exit_with_launcher()
     # What can be checked without the executors is checked first: a second daemon on a
     # taken port, or a TLS mistake, says so at once instead of after minutes of waiting.
-    if port_taken(args.host, args.port):
-        raise SystemExit(f"{PROG}: cannot listen on {args.host}:{args.port}: the port is in use")
+    for port in (args.port, args.http_port):
+        if port_taken(args.host, port):
+            raise SystemExit(f"{PROG}: cannot listen on {args.host}:{port}: the port is in use")
     try:
         credentials = server_credentials(args.tls_cert, args.tls_key)
     except TlsError as e:

@@ -50,27 +50,39 @@ def prompt_tokens(
     msg: generation_pb2.GenerateRequest, tokenizer: TextTokenizer, limits: Limits
 ) -> list[int]:
     kind = msg.WhichOneof("prompt")
-    room = limits.max_model_len - 1  # at least one token must fit after the prompt
     if kind is None:
         raise InvalidRequest("prompt", "one of prompt text or token_ids is required")
     if kind == "text":
-        if not msg.text:
-            raise InvalidRequest("text", "the prompt must not be empty")
-        if len(msg.text) > room * tokenizer.max_token_chars:
-            raise InvalidRequest("text", f"the prompt is longer than the context ({room} tokens)")
-        ids = tokenizer.encode(msg.text)
-        field = "text"
-    else:
-        ids = list(msg.token_ids.ids)
-        field = "token_ids"
-        if not ids:
-            raise InvalidRequest(field, "the prompt must not be empty")
-        for i, t in enumerate(ids):
-            if not 0 <= t < limits.vocab_size:
-                raise InvalidRequest(
-                    f"token_ids[{i}]", f"{t} is outside the vocabulary [0, {limits.vocab_size})"
-                )
-    if len(ids) > room:
+        return text_prompt(msg.text, "text", tokenizer, limits)
+    return id_prompt(list(msg.token_ids.ids), "token_ids", limits)
+
+
+def text_prompt(
+    text: str, field: str, tokenizer: TextTokenizer, limits: Limits, special: bool = True
+) -> list[int]:
+    """Tokenize a prompt (BOS added unless `special` is off: a chat template writes its
+    own), refusing an empty one or one past the context."""
+    room = limits.max_model_len - 1  # at least one token must fit after the prompt
+    if not text:
+        raise InvalidRequest(field, "the prompt must not be empty")
+    if len(text) > room * tokenizer.max_token_chars:
+        raise InvalidRequest(field, f"the prompt is longer than the context ({room} tokens)")
+    return fits(tokenizer.encode(text, special), field, limits)
+
+
+def id_prompt(ids: list[int], field: str, limits: Limits) -> list[int]:
+    if not ids:
+        raise InvalidRequest(field, "the prompt must not be empty")
+    for i, t in enumerate(ids):
+        if not 0 <= t < limits.vocab_size:
+            raise InvalidRequest(
+                f"{field}[{i}]", f"{t} is outside the vocabulary [0, {limits.vocab_size})"
+            )
+    return fits(ids, field, limits)
+
+
+def fits(ids: list[int], field: str, limits: Limits) -> list[int]:
+    if len(ids) > limits.max_model_len - 1:
         raise InvalidRequest(
             field,
             f"the prompt is {len(ids)} tokens; the context holds {limits.max_model_len} "
@@ -82,19 +94,50 @@ def prompt_tokens(
 def sampling_config(
     sp: generation_pb2.SamplingParams, prompt_len: int, limits: Limits
 ) -> SamplingConfig:
-    temperature = sp.temperature if sp.HasField("temperature") else 1.0
+    def given(name: str):
+        return getattr(sp, name) if sp.HasField(name) else None
+
+    return make_sampling(
+        prompt_len,
+        limits,
+        temperature=given("temperature"),
+        top_p=given("top_p"),
+        top_k=given("top_k"),
+        seed=given("seed"),
+        max_tokens=given("max_tokens"),
+        stop=list(sp.stop),
+        stop_token_ids=list(sp.stop_token_ids),
+        ignore_eos=sp.ignore_eos,
+    )
+
+
+def make_sampling(
+    prompt_len: int,
+    limits: Limits,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    max_tokens: int | None = None,
+    stop: list[str] | None = None,
+    stop_token_ids: list[int] | None = None,
+    ignore_eos: bool = False,
+) -> SamplingConfig:
+    """Sampling settings from any API's fields (None: the default), each checked and
+    named on error as the field it came from."""
+    temperature = 1.0 if temperature is None else temperature
     if not math.isfinite(temperature) or not 0 <= temperature <= MAX_TEMPERATURE:
         raise InvalidRequest(
             "temperature", f"must be in [0, {MAX_TEMPERATURE:g}], got {temperature}"
         )
-    top_p = sp.top_p if sp.HasField("top_p") else 1.0
+    top_p = 1.0 if top_p is None else top_p
     if not (math.isfinite(top_p) and 0 < top_p <= 1):
         raise InvalidRequest("top_p", f"must be in (0, 1], got {top_p}")
-    top_k = sp.top_k if sp.HasField("top_k") else 0
+    top_k = 0 if top_k is None else top_k
     if top_k < -1:
         raise InvalidRequest("top_k", f"must be >= 0 (0 or -1 disables it), got {top_k}")
     room = limits.max_model_len - prompt_len
-    max_tokens = sp.max_tokens if sp.HasField("max_tokens") else room
+    max_tokens = room if max_tokens is None else max_tokens
     if max_tokens < 1:
         raise InvalidRequest("max_tokens", f"must be >= 1, got {max_tokens}")
     if max_tokens > room:
@@ -103,14 +146,16 @@ def sampling_config(
             f"{max_tokens} with a {prompt_len}-token prompt exceeds the context of "
             f"{limits.max_model_len}; at most {room}",
         )
-    if len(sp.stop) > MAX_STOP_STRINGS:
+    stop = stop or []
+    if len(stop) > MAX_STOP_STRINGS:
         raise InvalidRequest("stop", f"at most {MAX_STOP_STRINGS} stop strings")
-    for i, s in enumerate(sp.stop):
+    for i, s in enumerate(stop):
         if not s or len(s) > MAX_STOP_CHARS:
             raise InvalidRequest(f"stop[{i}]", f"must be 1 to {MAX_STOP_CHARS} characters")
-    if len(sp.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+    stop_token_ids = stop_token_ids or []
+    if len(stop_token_ids) > MAX_STOP_TOKEN_IDS:
         raise InvalidRequest("stop_token_ids", f"at most {MAX_STOP_TOKEN_IDS} ids")
-    for i, t in enumerate(sp.stop_token_ids):
+    for i, t in enumerate(stop_token_ids):
         if not 0 <= t < limits.vocab_size:
             raise InvalidRequest(
                 f"stop_token_ids[{i}]", f"{t} is outside the vocabulary [0, {limits.vocab_size})"
@@ -121,9 +166,9 @@ def sampling_config(
         top_k=max(top_k, 0),
         # Unseeded requests get a seed of their own here, so that even they sample the
         # same tokens again if preempted and recomputed.
-        seed=sp.seed if sp.HasField("seed") else secrets.randbits(63),
+        seed=secrets.randbits(63) if seed is None else seed,
         max_tokens=int(max_tokens),
-        stop=tuple(sp.stop),
-        stop_token_ids=frozenset(sp.stop_token_ids),
-        ignore_eos=sp.ignore_eos,
+        stop=tuple(stop),
+        stop_token_ids=frozenset(stop_token_ids),
+        ignore_eos=ignore_eos,
     )

@@ -21,8 +21,9 @@ class TextTokenizer:
         # tokens, so an absurd string is refused before it is tokenized.
         self.max_token_chars = max(len(t) for t in self.tok.get_vocab())
 
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=True).ids
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of `text`, with the model's BOS unless `special` is off."""
+        return self.tok.encode(text, add_special_tokens=special).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)

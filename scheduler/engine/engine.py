@@ -198,6 +198,10 @@ class Engine:
             matched = stream.detok.add(req.output_ids[-1])
             if matched is not None and not req.finished:
                 self.scheduler.finish(req, FinishReason.STOP_STRING, matched)
+            elif matched is not None and req.finish_reason is FinishReason.LENGTH:
+                # The last token allowed completed a stop string: the text is cut at it,
+                # so the stop is why it ended, not the length.
+                req.finish_reason, req.matched_stop = FinishReason.STOP_STRING, matched
             self.emit(stream)
 
     def emit(self, stream: RequestStream) -> None:

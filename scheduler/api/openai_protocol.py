@@ -1,0 +1,151 @@
+"""The OpenAI-compatible request bodies, as typed models: pydantic validates, we decide.
+
+Unknown fields are refused (`extra="forbid"`), so a client that sends `tools` or
+`response_format` learns that this server does not do them instead of getting an answer
+that silently ignored them. Fields of the API that the engine does not do yet are known
+here and refused by `unsupported()` with the same kind of message.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class SamplingFields(Strict):
+    """What chat and completions share: sampling, stops, vLLM's extra fields."""
+
+    model: str
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None  # accepted and ignored, as the API allows
+    # vLLM's extra fields
+    top_k: int | None = None
+    min_tokens: int = 0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+    return_token_ids: bool = False  # vLLM: the prompt's and each choice's token ids
+
+    def stops(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """(field, why) for the first field set to something the engine does not do yet."""
+        if self.n != 1:
+            return "n", "only n=1 is supported for now"
+        if self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0:
+            field = (
+                "presence_penalty"
+                if self.presence_penalty
+                else "frequency_penalty"
+                if self.frequency_penalty
+                else "repetition_penalty"
+            )
+            return field, "penalties are not supported yet"
+        if self.logit_bias:
+            return "logit_bias", "not supported yet"
+        if self.min_tokens:
+            return "min_tokens", "not supported yet"
+        return None
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    add_generation_prompt: bool = True  # vLLM's
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.logprobs or self.top_logprobs:
+            return ("logprobs" if self.logprobs else "top_logprobs"), "not supported yet"
+        return super().unsupported()
+
+    def token_limit(self) -> int | None:
+        return (
+            self.max_completion_tokens
+            if self.max_completion_tokens is not None
+            else (self.max_tokens)
+        )
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16  # the Completions API's default
+    logprobs: int | None = None
+    echo: bool = False
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.logprobs:
+            return "logprobs", "not supported yet"
+        if self.echo:
+            return "echo", "not supported"
+        if self.best_of not in (None, 1):
+            return "best_of", "only best_of=1 is supported"
+        if self.suffix:
+            return "suffix", "not supported"
+        return super().unsupported()
+
+    def prompts(self) -> list[str | list[int]]:
+        """One prompt per choice: a string, a list of strings, ids, or lists of ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+class TokenizeRequest(Strict):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+
+class DetokenizeRequest(Strict):
+    model: str | None = None
+    tokens: list[int]

@@ -1,0 +1,247 @@
+"""The OpenAI-compatible HTTP API, through the official openai SDK (and raw HTTP where
+the SDK hides what is checked): greedy output equals transformers' on the prompt that
+its apply_chat_template makes, errors come in OpenAI's shape naming the field, and a
+client that leaves frees its blocks."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from tests.factories import hf_greedy, running_stack, wait_until
+
+TOKEN = "sk-apex-test"
+MESSAGES = [
+    {"role": "system", "content": "You answer in one line."},
+    {"role": "user", "content": "Tell me about the robot."},
+]
+
+
+@pytest.fixture(scope="module")
+def stack(models, tmp_path_factory):
+    args = ["--generation-token", TOKEN, "--max-num-seqs", "2", "--max-queue", "2"]
+    with running_stack(models["tiny"], tmp_path_factory.mktemp("openai"), scheduler_args=args) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def cpu_stack(models, tmp_path_factory):
+    """The grouped-KV model with every request's decode attention on the CPU tier."""
+    args = ["--placement", "cpu", "--cpu-kv-gb", "0.05", "--generation-token", TOKEN]
+    with running_stack(
+        models["tiny-gqa"], tmp_path_factory.mktemp("openai-cpu"), args, cpu_executor_args=[]
+    ) as s:
+        yield s
+
+
+def client(stack, **kw) -> openai.OpenAI:
+    kw = {"api_key": TOKEN, "max_retries": 0, "timeout": 60, **kw}
+    return openai.OpenAI(base_url=stack.local.http_url + "/v1", **kw)
+
+
+def name(stack) -> str:
+    return client(stack).models.list().data[0].id
+
+
+def chat_prompt_ids(model, messages) -> list[int]:
+    ids = AutoTokenizer.from_pretrained(str(model)).apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True
+    )
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def extra(choice, key: str):
+    return (choice.model_extra or {})[key]
+
+
+@pytest.mark.parametrize("which", ["stack", "cpu_stack"])
+def test_chat_greedy_equals_transformers_whole_and_streamed(which, models, request):
+    stack = request.getfixturevalue(which)
+    model = models["tiny" if which == "stack" else "tiny-gqa"]
+    c, n = client(stack), 24
+    kw = dict(model=name(stack), messages=MESSAGES, max_tokens=n, temperature=0)
+    body = {"ignore_eos": True, "return_token_ids": True}
+    whole = c.chat.completions.create(**kw, extra_body=body)
+    expected = hf_greedy(model, chat_prompt_ids(model, MESSAGES), n)
+    assert extra(whole.choices[0], "token_ids") == expected
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage.completion_tokens == n
+    assert whole.usage.prompt_tokens == len(chat_prompt_ids(model, MESSAGES))
+    chunks = list(
+        c.chat.completions.create(
+            **kw, stream=True, stream_options={"include_usage": True}, extra_body=body
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    ids = [t for ch in chunks if ch.choices for t in extra(ch.choices[0], "token_ids")]
+    assert text == whole.choices[0].message.content and ids == expected
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == n
+
+
+def test_completions_take_text_and_token_ids(stack, models):
+    c, model = client(stack), models["tiny"]
+    prompt = [0, 45, 99, 301, 7, 250]
+    r = c.completions.create(
+        model=name(stack),
+        prompt=prompt,
+        max_tokens=16,
+        temperature=0,
+        extra_body={"ignore_eos": True, "return_token_ids": True},
+    )
+    assert extra(r.choices[0], "token_ids") == hf_greedy(model, prompt, 16)
+    two = c.completions.create(model=name(stack), prompt=["The robot", "A cat"], max_tokens=4)
+    assert [ch.index for ch in two.choices] == [0, 1] and two.usage.completion_tokens == 8
+    stop = c.completions.create(
+        model=name(stack), prompt=prompt, max_tokens=40, temperature=0, stop=["zzz-never"]
+    )
+    assert stop.choices[0].finish_reason in ("length", "stop")
+
+
+INVALID = [
+    ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}),
+    ("response_format", {"response_format": {"type": "json_object"}}),
+    ("n", {"n": 2}),
+    ("logprobs", {"logprobs": True}),
+    ("frequency_penalty", {"frequency_penalty": 0.5}),
+    ("logit_bias", {"logit_bias": {"5": 10}}),
+    ("temperature", {"temperature": -1}),
+    ("max_tokens", {"max_tokens": 0}),
+    ("max_tokens", {"max_tokens": 10**6}),
+    ("bogus_field", {"extra_body": {"bogus_field": 1}}),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "kwargs"), INVALID, ids=[f"{f}-{i}" for i, (f, _) in enumerate(INVALID)]
+)
+def test_each_invalid_or_unsupported_field_is_a_400_that_names_it(stack, field, kwargs):
+    c = client(stack)
+    with pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(model=name(stack), messages=MESSAGES, **kwargs)
+    error = err.value.response.json()["error"]
+    assert error["param"] == field and field in error["message"], error
+    assert error["type"] == "invalid_request_error" and error["code"] == 400
+    # ... and the server keeps serving
+    ok = c.chat.completions.create(model=name(stack), messages=MESSAGES, max_tokens=2)
+    assert ok.choices[0].message.content is not None
+
+
+def test_wrong_key_unknown_model_and_the_models_list(stack):
+    with pytest.raises(openai.AuthenticationError) as err:
+        client(stack, api_key="wrong").models.list()
+    assert err.value.status_code == 401
+    with pytest.raises(openai.NotFoundError) as err:
+        client(stack).chat.completions.create(model="gpt-nope", messages=MESSAGES)
+    assert err.value.response.json()["error"]["param"] == "model"
+    models = client(stack).models.list().data
+    assert len(models) == 1 and models[0].owned_by == "apex"
+
+
+def test_a_full_queue_is_429(stack):
+    outcomes: list = []
+    lock = threading.Lock()
+    start = threading.Barrier(10)
+
+    def one() -> None:
+        c = client(stack)
+        start.wait()
+        try:
+            c.completions.create(
+                model=name(stack),
+                prompt="The robot",
+                max_tokens=200,
+                extra_body={"ignore_eos": True},
+            )
+            out: object = "ok"
+        except openai.RateLimitError as e:
+            out = e.status_code
+        with lock:
+            outcomes.append(out)
+
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert outcomes.count(429) >= 1 and outcomes.count("ok") >= 4, outcomes  # 2 run, 2 wait
+    assert outcomes.count(429) + outcomes.count("ok") == 10
+
+
+def metric(stack, name: str) -> float:
+    text = urllib.request.urlopen(stack.local.http_url + "/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def http_json(stack, method: str, path: str, body: dict | None = None, token: str = TOKEN):
+    """(status, parsed body) of one plain HTTP call."""
+    req = urllib.request.Request(
+        stack.local.http_url + path,
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json"}
+        | ({"Authorization": f"Bearer {token}"} if token else {}),
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_blocks(stack):
+    body = {
+        "model": name(stack),
+        "messages": MESSAGES,
+        "max_tokens": 1500,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    url = urllib.parse.urlparse(stack.local.http_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps(body),
+        {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    r = conn.getresponse()
+    assert r.status == 200 and r.getheader("content-type").startswith("text/event-stream")
+    line = r.readline()
+    while not line.startswith(b"data: "):
+        line = r.readline()
+    assert json.loads(line.removeprefix(b"data: "))["object"] == "chat.completion.chunk"
+    assert metric(stack, "apex_running_requests") == 1
+    conn.close()  # mid-stream: the request must be aborted, not decoded to the end
+    blocks = 'apex_kv_blocks_used{tier="gpu"}'
+    assert wait_until(
+        lambda: metric(stack, "apex_running_requests") == 0 and metric(stack, blocks) == 0, 10
+    )
+
+
+def test_health_version_tokenize_and_detokenize(stack, models):
+    assert http_json(stack, "GET", "/health", token="")[0] == 200  # open: probes carry no key
+    assert http_json(stack, "GET", "/version", token="")[1]["version"]
+    assert http_json(stack, "POST", "/tokenize", {"prompt": "x"}, token="")[0] == 401
+    status, tok = http_json(stack, "POST", "/tokenize", {"messages": MESSAGES})
+    assert status == 200 and tok["tokens"] == chat_prompt_ids(models["tiny"], MESSAGES)
+    status, out = http_json(stack, "POST", "/detokenize", {"tokens": tok["tokens"][1:5]})
+    expected = AutoTokenizer.from_pretrained(str(models["tiny"])).decode(
+        tok["tokens"][1:5], skip_special_tokens=True
+    )
+    assert status == 200 and out["prompt"] == expected
+    status, err = http_json(stack, "POST", "/detokenize", {"tokens": [10**7]})
+    assert status == 400 and err["error"]["param"] == "tokens[0]"
