@@ -245,3 +245,60 @@ def test_health_version_tokenize_and_detokenize(stack, models):
     assert status == 200 and out["prompt"] == expected
     status, err = http_json(stack, "POST", "/detokenize", {"tokens": [10**7]})
     assert status == 400 and err["error"]["param"] == "tokens[0]"
+
+
+def scrape(stack) -> str:
+    return urllib.request.urlopen(stack.local.http_url + "/metrics", timeout=10).read().decode()
+
+
+def labelled(text: str, name: str) -> tuple[str, float]:
+    """(labels, value) of the one sample of `name`."""
+    line = next(ln for ln in text.splitlines() if ln.startswith(name + "{"))
+    labels, value = line[len(name) :].rsplit(" ", 1)
+    return labels, float(value)
+
+
+def test_the_metrics_an_inference_gateway_routes_on(stack):
+    model = name(stack)
+    before = scrape(stack)
+    c = client(stack)
+    r = c.completions.create(
+        model=model, prompt="The robot", max_tokens=12, extra_body={"ignore_eos": True}
+    )
+    after = scrape(stack)
+    label = f'{{model_name="{model}"}}'
+    for gauge in ("vllm:num_requests_waiting", "vllm:num_requests_running"):
+        assert labelled(after, gauge) == (label, 0.0)
+    assert labelled(after, "vllm:kv_cache_usage_perc") == (label, 0.0)  # idle: nothing held
+
+    def count(text: str, name: str) -> float:
+        return labelled(text, name)[1]
+
+    assert (
+        count(after, "vllm:generation_tokens_total") - count(before, "vllm:generation_tokens_total")
+        == 12
+    )
+    assert (
+        count(after, "vllm:prompt_tokens_total") - count(before, "vllm:prompt_tokens_total")
+        == r.usage.prompt_tokens
+    )
+    for hist in ("time_to_first_token", "e2e_request_latency"):
+        name_ = f"vllm:{hist}_seconds_count"
+        assert count(after, name_) - count(before, name_) == 1
+    itl = "vllm:inter_token_latency_seconds_count"
+    assert count(after, itl) - count(before, itl) == 11  # gaps between 12 tokens
+    info, one = labelled(after, "vllm:cache_config_info")
+    assert one == 1 and 'block_size="16"' in info and 'num_gpu_blocks="' in info
+    # while a long request runs, it holds blocks and counts as running
+    stream = c.completions.create(
+        model=model,
+        prompt="The robot",
+        max_tokens=1500,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    next(iter(stream))
+    during = scrape(stack)
+    assert labelled(during, "vllm:num_requests_running")[1] == 1
+    assert 0 < labelled(during, "vllm:kv_cache_usage_perc")[1] <= 1
+    stream.close()

@@ -218,7 +218,7 @@ async def serve(args: argparse.Namespace, credentials: grpc.ServerCredentials | 
         tier.kv_dtype if tier is not None else "",
     )
     cost, policy = load_policy(args, key)
-    metrics = Metrics()
+    metrics = Metrics(spec.name)
     engine = Engine(
         Scheduler(config, tokenizer.eos_token_ids, policy=policy),
         executors,

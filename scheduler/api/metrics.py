@@ -1,8 +1,20 @@
-"""Prometheus metrics of the daemon, served over HTTP on their own port.
+"""Prometheus metrics of the daemon, on their own port and on the HTTP API's /metrics.
 
 State (queue depth, KV usage, counters) is read at scrape time from one `EngineStatus`
-snapshot, so it can never drift from the truth; latencies are histograms fed as
-requests finish, through the engine's observer hooks.
+snapshot, so it can never drift from the truth; latencies are histograms fed through
+the engine's observer hooks.
+
+Beside the `apex_` metrics, the names that vLLM users and the Kubernetes Gateway API
+Inference Extension's model-server protocol read, labelled with `model_name`:
+`vllm:num_requests_waiting` (queued, not admitted), `vllm:num_requests_running` (in the
+running batch, on either tier; requests parked on the CPU tier are not counted),
+`vllm:kv_cache_usage_perc` (0-1: blocks in use over both tiers' blocks, GPU and CPU,
+since a request placed on the CPU tier is served as well as one on the GPU; the GPU
+tier alone is `apex_kv_blocks_used{tier="gpu"}`), `vllm:cache_config_info` (labels
+`block_size`, `num_gpu_blocks`, `num_cpu_blocks`), `vllm:time_to_first_token_seconds`,
+`vllm:inter_token_latency_seconds` (every gap between a request's tokens),
+`vllm:e2e_request_latency_seconds`, `vllm:prompt_tokens_total`,
+`vllm:generation_tokens_total`.
 """
 
 from __future__ import annotations
@@ -19,9 +31,35 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 
 class Metrics(EngineObserver):
-    def __init__(self) -> None:
+    def __init__(self, model_name: str = "") -> None:
+        self.model_name = model_name
         self.registry = CollectorRegistry()
         r = self.registry
+        m = ["model_name"]
+        self.vllm_ttft = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Arrival to first token",
+            m,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        ).labels(model_name)
+        self.vllm_itl = Histogram(
+            "vllm:inter_token_latency_seconds",
+            "Time between two tokens of a request",
+            m,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        ).labels(model_name)
+        self.vllm_e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Arrival to the end of a request",
+            m,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        ).labels(model_name)
+        self.vllm_prompt = Counter(
+            "vllm:prompt_tokens", "Prompt tokens of finished requests", m, registry=r
+        ).labels(model_name)
         self.ttft = Histogram(
             "apex_time_to_first_token_seconds",
             "Arrival to first token",
@@ -59,7 +97,7 @@ class Metrics(EngineObserver):
 
     def watch(self, status: Callable[[], EngineStatus]) -> None:
         """Read the engine's state at every scrape through `status`."""
-        self.registry.register(EngineCollector(status))
+        self.registry.register(EngineCollector(status, self.model_name))
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
@@ -71,23 +109,34 @@ class Metrics(EngineObserver):
         if predicted_s is not None and seconds > 0:
             self.predictor_error.observe(abs(predicted_s - seconds) / seconds)
 
-    def on_finish(self, reason: str, ttft_s: float, total_s: float, tokens: int) -> None:
+    def on_finish(
+        self, reason: str, ttft_s: float, total_s: float, tokens: int, prompt_tokens: int
+    ) -> None:
         self.finished.labels(reason).inc()
+        self.vllm_e2e.observe(total_s)
+        self.vllm_prompt.inc(prompt_tokens)
         if tokens >= 1:
             self.ttft.observe(ttft_s)
+            self.vllm_ttft.observe(ttft_s)
         if tokens >= 2:
             self.tpot.observe((total_s - ttft_s) / (tokens - 1))
+
+    def on_token_gaps(self, gaps: list[float]) -> None:
+        for gap in gaps:
+            self.vllm_itl.observe(gap)
 
     def on_reject(self, reason: str) -> None:
         self.rejected.labels(reason).inc()
 
 
 class EngineCollector:
-    def __init__(self, status: Callable[[], EngineStatus]) -> None:
+    def __init__(self, status: Callable[[], EngineStatus], model_name: str) -> None:
         self.status = status
+        self.model_name = model_name
 
     def collect(self):
         st = self.status()
+        yield from self.vllm(st)
         yield GaugeMetricFamily("apex_queue_depth", "Requests waiting", value=st.num_waiting)
         yield GaugeMetricFamily("apex_running_requests", "Requests decoding", value=st.num_running)
         yield GaugeMetricFamily(
@@ -146,3 +195,39 @@ class EngineCollector:
             "Times the executors were lost and the running requests recomputed",
             value=st.recoveries,
         )
+
+    def vllm(self, st: EngineStatus):
+        m = ["model_name"]
+        for name, doc, value in (
+            ("vllm:num_requests_waiting", "Requests waiting to be admitted", st.num_waiting),
+            ("vllm:num_requests_running", "Requests in the running batch", st.num_running),
+            (
+                "vllm:kv_cache_usage_perc",
+                "KV blocks in use over all blocks, both tiers (0-1)",
+                sum(t.blocks_used for t in st.tiers)
+                / max(1, sum(t.blocks_total for t in st.tiers)),
+            ),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=m)
+            g.add_metric([self.model_name], value)
+            yield g
+        blocks = {t.tier: t for t in st.tiers}
+        info = GaugeMetricFamily(
+            "vllm:cache_config_info",
+            "The KV cache's configuration",
+            labels=["model_name", "block_size", "num_gpu_blocks", "num_cpu_blocks"],
+        )
+        gpu, cpu = blocks.get("gpu"), blocks.get("cpu")
+        info.add_metric(
+            [
+                self.model_name,
+                str(gpu.block_size if gpu else 0),
+                str(gpu.blocks_total if gpu else 0),
+                str(cpu.blocks_total if cpu else 0),
+            ],
+            1,
+        )
+        yield info
+        generated = CounterMetricFamily("vllm:generation_tokens", "Tokens generated", labels=m)
+        generated.add_metric([self.model_name], st.generated_tokens)
+        yield generated

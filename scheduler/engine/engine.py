@@ -193,8 +193,12 @@ class Engine:
         self.stats.by_strategy[strategy] = self.stats.by_strategy.get(strategy, 0) + 1
         self.stats.generated_tokens += len(updated)
         self.stats.window.append((now, len(updated)))
+        gaps = []
         for req in updated:
             stream = self.streams[req.request_id]
+            if stream.last_token_at is not None:
+                gaps.append(now - stream.last_token_at)
+            stream.last_token_at = now
             matched = stream.detok.add(req.output_ids[-1])
             if matched is not None and not req.finished:
                 self.scheduler.finish(req, FinishReason.STOP_STRING, matched)
@@ -203,6 +207,7 @@ class Engine:
                 # so the stop is why it ended, not the length.
                 req.finish_reason, req.matched_stop = FinishReason.STOP_STRING, matched
             self.emit(stream)
+        self.observer.on_token_gaps(gaps)
 
     def emit(self, stream: RequestStream) -> None:
         req = stream.request
@@ -234,6 +239,7 @@ class Engine:
             usage.time_to_first_token_s,
             usage.total_time_s,
             usage.completion_tokens,
+            usage.prompt_tokens,
         )
         del self.streams[req.request_id]
 

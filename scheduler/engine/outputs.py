@@ -43,6 +43,7 @@ class RequestStream:
     detok: IncrementalDetokenizer
     queue: asyncio.Queue[OutputDelta | EngineError] = field(default_factory=asyncio.Queue)
     sent_tokens: int = 0
+    last_token_at: float | None = None
 
 
 class Rejected(Exception):

@@ -29,6 +29,12 @@ class EngineObserver:
         self, strategy: str, seconds: float, tokens: int, predicted_s: float | None
     ) -> None: ...
 
-    def on_finish(self, reason: str, ttft_s: float, total_s: float, tokens: int) -> None: ...
+    def on_finish(
+        self, reason: str, ttft_s: float, total_s: float, tokens: int, prompt_tokens: int
+    ) -> None: ...
+
+    def on_token_gaps(self, gaps: list[float]) -> None:
+        """Per step: for each request that got a token and had one before, the time
+        since its previous token."""
 
     def on_reject(self, reason: str) -> None: ...
