@@ -44,14 +44,23 @@ def sampling_params(
     )
 
 
+Prompt = str | Sequence[int] | Sequence[dict]
+
+
 def generate_request(
-    prompt: str | Sequence[int], request_id: str = "", **sampling: Any
+    prompt: Prompt, request_id: str = "", **sampling: Any
 ) -> generation_pb2.GenerateRequest:
+    """prompt: text, token ids, or a conversation ([{"role": ..., "content": ...}], which
+    the server renders with the model's chat template)."""
     msg = generation_pb2.GenerateRequest(
         request_id=request_id, sampling=sampling_params(**sampling)
     )
     if isinstance(prompt, str):
         msg.text = prompt
+    elif prompt and isinstance(prompt[0], dict):
+        msg.chat.messages.extend(
+            generation_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in prompt
+        )
     else:
         msg.token_ids.ids.extend(prompt)
     return msg
@@ -86,7 +95,7 @@ class ApexClient:
         self.channel.close()
 
     def generate_stream(
-        self, prompt: str | Sequence[int], request_id: str = "", **sampling: Any
+        self, prompt: Prompt, request_id: str = "", **sampling: Any
     ) -> Iterator[generation_pb2.GenerateResponse]:
         """Yields one message per step; the last has finish_reason and usage. Breaking
         out of the loop (or calling .cancel() on the returned iterator) aborts it."""
@@ -97,7 +106,7 @@ class ApexClient:
         )
 
     def generate(
-        self, prompt: str | Sequence[int], request_id: str = "", **sampling: Any
+        self, prompt: Prompt, request_id: str = "", **sampling: Any
     ) -> generation_pb2.GenerateResult:
         return self.generation.GenerateUnary(
             generate_request(prompt, request_id, **sampling),

@@ -13,55 +13,12 @@ from pathlib import Path
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from clients import apexctl_bench, apexctl_policy, apexctl_profile
-from clients.apex_client import DEFAULT_ADDRESS, FINISH_REASONS, ApexClient
+from clients import apexctl_bench, apexctl_generate, apexctl_policy, apexctl_profile
+from clients.apex_client import DEFAULT_ADDRESS, ApexClient
 from clients.cli_output import as_dict
 from common.grpc_server import check_health
 
 CONFIG_PATH = Path.home() / ".config" / "apex" / "apexctl.ini"
-
-
-def cmd_generate(client: ApexClient, args: argparse.Namespace) -> int:
-    prompt: str | list[int] = args.prompt
-    if args.token_ids:
-        prompt = [int(t) for t in args.prompt.replace(",", " ").split()]
-    sampling = dict(
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        seed=args.seed,
-        stop=args.stop or (),
-        ignore_eos=args.ignore_eos,
-    )
-    text: list[str] = []
-    ids: list[int] = []
-    last = None
-    for msg in client.generate_stream(prompt, **sampling):
-        text.append(msg.text)
-        ids.extend(msg.token_ids)
-        last = msg
-        if not args.json:
-            sys.stdout.write(msg.text)
-            sys.stdout.flush()
-    usage = MessageToDict(last.usage, preserving_proto_field_name=True) if last else {}
-    reason = FINISH_REASONS.get(last.finish_reason) if last else None
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "request_id": last.request_id if last else "",
-                    "text": "".join(text),
-                    "token_ids": ids,
-                    "finish_reason": reason,
-                    "matched_stop": last.matched_stop if last else "",
-                    "usage": usage,
-                }
-            )
-        )
-    else:
-        print(f"\n[{reason}; {len(ids)} tokens]", file=sys.stderr)
-    return 0
 
 
 def cmd_status(client: ApexClient, args: argparse.Namespace) -> int:
@@ -243,17 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", help=f"settings file (env APEX_CONFIG; default {CONFIG_PATH})")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per call")
     sub = ap.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="stream a generation to the terminal")
-    gen.add_argument("prompt")
-    gen.add_argument("--token-ids", action="store_true", help="the prompt is token ids")
-    gen.add_argument("--max-tokens", type=int, default=64)
-    gen.add_argument("--temperature", type=float)
-    gen.add_argument("--top-p", type=float)
-    gen.add_argument("--top-k", type=int)
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("--stop", action="append", help="stop string (repeatable)")
-    gen.add_argument("--ignore-eos", action="store_true")
-    gen.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    apexctl_generate.add_parsers(sub)
     st = sub.add_parser("status", help="what the daemon is doing")
     st.add_argument("--json", action="store_true")
     st.add_argument("--watch", type=float, default=0, help="refresh every N seconds")
@@ -287,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "generate": cmd_generate,
+    "generate": apexctl_generate.cmd_generate,
+    "chat": apexctl_generate.cmd_chat,
     "status": cmd_status,
     "requests": cmd_requests,
     "abort": cmd_abort,

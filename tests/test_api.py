@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,7 +10,7 @@ import grpc
 import pytest
 from apex.v1 import generation_pb2 as pb
 
-from tests.factories import idle, running_stack, wait_until
+from tests.factories import BIN, hf_greedy, idle, run, running_stack, wait_until
 
 PROMPT = [0, 45, 99, 301, 7, 250]
 
@@ -231,3 +232,50 @@ def test_malformed_bytes_get_invalid_argument_and_no_traceback(tiny_stack, metho
     assert "Traceback" not in logs and "DecodeError" not in logs.replace("DecodeError:", "")
     # one line per 10 s at most, however many arrive
     assert 1 <= logs.count("refused a malformed request") <= 2
+
+
+CHAT = [
+    {"role": "system", "content": "You answer in one line."},
+    {"role": "user", "content": "Tell me about the robot."},
+]
+
+
+def test_chat_prompts_use_the_models_template_exactly(tiny_stack, models):
+    """The gRPC chat variant: rendered by the daemon as transformers'
+    apply_chat_template renders it (one BOS), then greedy equals transformers'."""
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(models["tiny"])).apply_chat_template(
+        CHAT, add_generation_prompt=True, tokenize=True
+    )
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    with tiny_stack.client() as c:
+        res = c.generate(CHAT, max_tokens=16, temperature=0.0, ignore_eos=True)
+        assert res.usage.prompt_tokens == len(ids) and ids.count(ids[0]) == 1
+        assert list(res.token_ids) == hf_greedy(models["tiny"], ids, 16)
+        with pytest.raises(grpc.RpcError) as err:
+            c.generate([{"role": "wizard", "content": "hi"}], max_tokens=2)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("chat.messages[0].role:")
+
+
+def test_apexctl_chat_streams_the_reply(tiny_stack, models):
+    r = run(
+        str(BIN / "apexctl"),
+        "--address",
+        tiny_stack.address,
+        "chat",
+        "Tell me about the robot.",
+        "--system",
+        "You answer in one line.",
+        "--max-tokens",
+        "16",
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    with tiny_stack.client() as c:
+        expected = c.generate(CHAT, max_tokens=16, temperature=0.0, ignore_eos=True)
+    assert json.loads(r.stdout)["token_ids"] == list(expected.token_ids)

@@ -267,8 +267,9 @@ async def serve(args: argparse.Namespace, credentials: grpc.ServerCredentials | 
         options=SERVER_OPTIONS,
     )
     limits = Limits(max_model_len=max_len, vocab_size=spec.vocab_size)
+    template = chat_template(args)
     generation_pb2_grpc.add_GenerationServicer_to_server(
-        GenerationService(engine, limits, model_info), server
+        GenerationService(engine, limits, model_info, template), server
     )
     admin_pb2_grpc.add_AdminServicer_to_server(
         AdminService(engine, spec.name, stop.set, profiler), server
@@ -279,7 +280,7 @@ async def serve(args: argparse.Namespace, credentials: grpc.ServerCredentials | 
     engine.start()
     http = None
     if args.http_port:
-        served = Served(engine, tokenizer, limits, spec.name, chat_template(args))
+        served = Served(engine, tokenizer, limits, spec.name, template)
         app = create_app(served, args.generation_token, metrics.registry)
         http = http_server(app, args.host, args.http_port)
         http_task = asyncio.create_task(http.serve(), name="http")

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 from apex.v1 import generation_pb2, generation_pb2_grpc
 
+from scheduler.api.chat_template import ChatTemplate
 from scheduler.api.validation import InvalidRequest, Limits, build_request
 from scheduler.engine.engine import Engine
 from scheduler.engine.outputs import (
@@ -42,14 +43,21 @@ def usage_proto(delta: OutputDelta) -> generation_pb2.Usage | None:
 
 
 class GenerationService(generation_pb2_grpc.GenerationServicer):
-    def __init__(self, engine: Engine, limits: Limits, model_info: generation_pb2.ModelInfo):
+    def __init__(
+        self,
+        engine: Engine,
+        limits: Limits,
+        model_info: generation_pb2.ModelInfo,
+        template: ChatTemplate | None = None,
+    ):
         self.engine = engine
         self.limits = limits
         self.model_info = model_info
+        self.template = template
 
     async def submit(self, request, context) -> RequestStream:
         try:
-            req = build_request(request, self.engine.tokenizer, self.limits)
+            req = build_request(request, self.engine.tokenizer, self.limits, self.template)
         except InvalidRequest as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         try:

@@ -14,13 +14,20 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from scheduler.api.chat_template import ChatTemplate, Message, TemplateError
+from scheduler.api.chat_template import ChatTemplate, Message
 from scheduler.api.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     SamplingFields,
 )
-from scheduler.api.validation import InvalidRequest, Limits, id_prompt, make_sampling, text_prompt
+from scheduler.api.validation import (
+    InvalidRequest,
+    Limits,
+    chat_tokens,
+    id_prompt,
+    make_sampling,
+    text_prompt,
+)
 from scheduler.engine.detokenizer import TextTokenizer
 from scheduler.engine.engine import Engine
 from scheduler.engine.outputs import (
@@ -112,18 +119,10 @@ def engine_request(served: Served, body: SamplingFields, ids: list[int], limit: 
 
 
 def chat_prompt(served: Served, messages: list, add_generation_prompt: bool) -> list[int]:
-    if served.template is None:
-        raise invalid(
-            "messages", "the model has no chat template; start the server with --chat-template"
-        )
-    try:
-        text = served.template.render(
-            [Message(m.role, m.text()) for m in messages], add_generation_prompt
-        )
-    except TemplateError as e:
-        raise invalid("messages", str(e)) from e
-    # The template writes its own BOS: no second one.
-    return text_prompt(text, "messages", served.tokenizer, served.limits, special=False)
+    msgs = [Message(m.role, m.text()) for m in messages]
+    return chat_tokens(
+        served.template, msgs, add_generation_prompt, served.tokenizer, served.limits
+    )
 
 
 def submit(served: Served, requests: list[Request]) -> list[Choice]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from apex.v1 import generation_pb2
 
+from scheduler.api.chat_template import ROLES, ChatTemplate, Message, TemplateError
 from scheduler.engine.detokenizer import TextTokenizer
 from scheduler.types import Request, SamplingConfig
 
@@ -36,25 +37,61 @@ class Limits:
 
 
 def build_request(
-    msg: generation_pb2.GenerateRequest, tokenizer: TextTokenizer, limits: Limits
+    msg: generation_pb2.GenerateRequest,
+    tokenizer: TextTokenizer,
+    limits: Limits,
+    template: ChatTemplate | None = None,
 ) -> Request:
     request_id = msg.request_id or uuid.uuid4().hex
     if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
         raise InvalidRequest("request_id", f"must be printable and at most {MAX_REQUEST_ID} chars")
-    prompt_ids = prompt_tokens(msg, tokenizer, limits)
+    prompt_ids = prompt_tokens(msg, tokenizer, limits, template)
     sampling = sampling_config(msg.sampling, len(prompt_ids), limits)
     return Request(request_id=request_id, prompt_ids=prompt_ids, sampling=sampling)
 
 
 def prompt_tokens(
-    msg: generation_pb2.GenerateRequest, tokenizer: TextTokenizer, limits: Limits
+    msg: generation_pb2.GenerateRequest,
+    tokenizer: TextTokenizer,
+    limits: Limits,
+    template: ChatTemplate | None = None,
 ) -> list[int]:
     kind = msg.WhichOneof("prompt")
     if kind is None:
-        raise InvalidRequest("prompt", "one of prompt text or token_ids is required")
+        raise InvalidRequest("prompt", "one of prompt text, token_ids or chat is required")
     if kind == "text":
         return text_prompt(msg.text, "text", tokenizer, limits)
+    if kind == "chat":
+        add = msg.chat.add_generation_prompt if msg.chat.HasField("add_generation_prompt") else True
+        messages = [Message(m.role, m.content) for m in msg.chat.messages]
+        return chat_tokens(template, messages, add, tokenizer, limits, "chat.messages")
     return id_prompt(list(msg.token_ids.ids), "token_ids", limits)
+
+
+def chat_tokens(
+    template: ChatTemplate | None,
+    messages: list[Message],
+    add_generation_prompt: bool,
+    tokenizer: TextTokenizer,
+    limits: Limits,
+    field: str = "messages",
+) -> list[int]:
+    """A conversation rendered with the chat template, tokenized without a BOS of our
+    own (the template writes it)."""
+    if template is None:
+        raise InvalidRequest(
+            field, "the model has no chat template; start the server with --chat-template"
+        )
+    if not messages:
+        raise InvalidRequest(field, "at least one message is required")
+    for i, m in enumerate(messages):
+        if m.role not in ROLES:
+            raise InvalidRequest(f"{field}[{i}].role", f"must be one of {', '.join(ROLES)}")
+    try:
+        text = template.render(messages, add_generation_prompt)
+    except TemplateError as e:
+        raise InvalidRequest(field, str(e)) from e
+    return text_prompt(text, field, tokenizer, limits, special=False)
 
 
 def text_prompt(
