@@ -211,6 +211,33 @@ def byte_tokenizer(folder: Path) -> TextTokenizer:
     return TextTokenizer(folder)
 
 
+def byte_fallback_tokenizer(folder: Path, words: Sequence[str] = ()) -> TextTokenizer:
+    """A Llama-2-style SentencePiece tokenizer (what `tokenizer.json` of Llama-2 holds):
+    "▁" for spaces, a few words, and every other character as its UTF-8 bytes through
+    byte-fallback tokens <0x00>..<0xFF>."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"<0x{b:02X}>": 3 + b for b in range(256)}
+    for piece in ["▁", *(f"▁{w}" for w in words), *"abcdefghijklmnopqrstuvwxyz"]:
+        vocab.setdefault(piece, len(vocab))
+    model = models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True)
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    tok.add_special_tokens(["<s>", "</s>"])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "config.json").write_text(json.dumps({"eos_token_id": 2}))
+    return TextTokenizer(folder)
+
+
 def byte_chars() -> list[str]:
     """The character byte-level BPE writes for each byte value (printable bytes as
     themselves, the others shifted past U+00FF), so that id = byte + 2 above."""

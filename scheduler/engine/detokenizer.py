@@ -48,9 +48,10 @@ PREFIX_WINDOW = 6
 class IncrementalDetokenizer:
     """Turns tokens into text deltas that never split a multi-byte character.
 
-    The tail of the text is decoded again with each token (from `prefix_offset`); a
-    delta is released only when it does not end in U+FFFD, i.e. when the bytes decoded
-    so far form whole characters. Stop strings are matched on the text, and the last
+    The tail of the text is decoded again with each token (from the last whole
+    character's tokens on); a delta is released only when it extends what was decoded
+    and does not end in U+FFFD, i.e. when the bytes decoded so far form whole
+    characters. Stop strings are matched on the text, and the last
     len(longest stop) - 1 characters are held back so a stop string split across
     tokens never leaks into the stream.
     """
@@ -59,8 +60,7 @@ class IncrementalDetokenizer:
         self.tokenizer = tokenizer
         # Only the tail that is still decoded against: the request keeps the token ids.
         self.ids = list(prompt_ids[-PREFIX_WINDOW:])
-        self.prefix_offset = 0
-        self.read_offset = len(self.ids)
+        self.read_offset = len(self.ids)  # ids before it are decoded, after it held
         self.text = ""
         self.sent = 0  # characters of text already streamed
         self.stop = stop
@@ -69,25 +69,38 @@ class IncrementalDetokenizer:
     def add(self, token: int) -> str | None:
         """Feed one token; returns the stop string that matched, if any."""
         self.ids.append(token)
-        prefix = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])
-        full = self.tokenizer.decode(self.ids[self.prefix_offset :])
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+        prefix = self.tokenizer.decode(self.ids[: self.read_offset])
+        full = self.tokenizer.decode(self.ids)
+        if len(full) > len(prefix) and full.startswith(prefix) and not full.endswith("\ufffd"):
             self.append(full[len(prefix) :])
             self.advance(self.read_offset)
         return self.match_stop()
 
     def flush(self) -> None:
-        """At the end, release what was held for incomplete bytes (the model's own)."""
-        prefix = self.tokenizer.decode(self.ids[self.prefix_offset : self.read_offset])
-        full = self.tokenizer.decode(self.ids[self.prefix_offset :])
-        if len(full) > len(prefix):
+        """At the end, release what was held for incomplete bytes (the model's own).
+
+        A byte-level BPE decodes the held bytes as the whole output reads. Byte fallback
+        (SentencePiece) decodes an invalid group of bytes as one U+FFFD per byte, taking
+        a character already streamed with it when the output was cut inside the next
+        one (max_tokens, a stop token, an abort), so the text would stop being a prefix
+        of itself: there the held tokens that make whole characters are released, and
+        the start of the cut character reads as one U+FFFD."""
+        prefix = self.tokenizer.decode(self.ids[: self.read_offset])
+        full = self.tokenizer.decode(self.ids)
+        if full.startswith(prefix):
             self.append(full[len(prefix) :])
+        else:
+            for end in range(len(self.ids) - 1, self.read_offset, -1):
+                part = self.tokenizer.decode(self.ids[:end])
+                if part.startswith(prefix) and not part.endswith("\ufffd"):
+                    self.append(part[len(prefix) :])
+                    break
+            self.append("\ufffd")
         self.advance(len(self.ids))
 
-    def advance(self, prefix_offset: int) -> None:
-        """Decoding restarts at `prefix_offset` from now on; what lies before it is dropped."""
-        del self.ids[:prefix_offset]
-        self.prefix_offset = 0
+    def advance(self, start: int) -> None:
+        """Decoding restarts at ids[start] from now on; what lies before it is dropped."""
+        del self.ids[:start]
         self.read_offset = len(self.ids)
 
     def append(self, delta: str) -> None:
