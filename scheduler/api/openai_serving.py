@@ -202,9 +202,65 @@ def finish(choice: Choice) -> dict:
     return {"finish_reason": FINISH.get(reason), "stop_reason": stop_reason}
 
 
-class Completions:
+class OpenAIApi:
+    """What chat and text completions share: the response envelope, a choice's ending
+    and token ids, whole responses and stream chunks; the two differ in the object
+    names, how a choice carries its text, and how prompts come."""
+
+    whole_object = ""
+    chunk_object = ""
+
     def __init__(self, served: Served) -> None:
         self.served = served
+
+    def start(self, body) -> list[Choice]:
+        raise NotImplementedError
+
+    def content(self, c: Choice) -> dict:
+        raise NotImplementedError
+
+    def delta(self, text: str, end: dict | None) -> dict:
+        raise NotImplementedError
+
+    def prompt_ids(self, choices: list[Choice]) -> list:
+        raise NotImplementedError
+
+    def envelope(self, rid: str, kind: str, choices: list[dict]) -> dict:
+        return {
+            "id": rid,
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.served.model,
+            "choices": choices,
+        }
+
+    def whole(self, body, choices: list[Choice], rid: str) -> dict:
+        out = self.envelope(
+            rid,
+            self.whole_object,
+            [
+                {"index": c.index, **self.content(c), "logprobs": None, **finish(c)}
+                | ({"token_ids": c.token_ids} if body.return_token_ids else {})
+                for c in choices
+            ],
+        )
+        out["usage"] = usage(choices)
+        if body.return_token_ids:
+            out["prompt_token_ids"] = self.prompt_ids(choices)
+        return out
+
+    def chunk(
+        self, rid: str, index: int, text: str, ids: list[int], end: dict | None, body
+    ) -> dict:
+        choice = {"index": index, **self.delta(text, end), "logprobs": None}
+        choice |= end or {"finish_reason": None, "stop_reason": None}
+        if body.return_token_ids:
+            choice["token_ids"] = ids
+        return self.envelope(rid, self.chunk_object, [choice])
+
+
+class Completions(OpenAIApi):
+    whole_object = chunk_object = "text_completion"
 
     def start(self, body: CompletionRequest) -> list[Choice]:
         check(self.served, body)
@@ -221,42 +277,18 @@ class Completions:
                 raise invalid(e.field, str(e).split(": ", 1)[1]) from e
         return submit(self.served, requests)
 
-    def whole(self, body: CompletionRequest, choices: list[Choice], rid: str) -> dict:
-        out = {
-            "id": rid,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.served.model,
-            "choices": [
-                {"index": c.index, "text": "".join(c.text), "logprobs": None, **finish(c)}
-                | ({"token_ids": c.token_ids} if body.return_token_ids else {})
-                for c in choices
-            ],
-            "usage": usage(choices),
-        }
-        if body.return_token_ids:
-            out["prompt_token_ids"] = [c.stream.request.prompt_ids for c in choices]
-        return out
+    def content(self, c: Choice) -> dict:
+        return {"text": "".join(c.text)}
 
-    def chunk(
-        self, rid: str, index: int, text: str, ids: list[int], end: dict | None, body
-    ) -> dict:
-        choice = {"index": index, "text": text, "logprobs": None}
-        choice |= end or {"finish_reason": None, "stop_reason": None}
-        if body.return_token_ids:
-            choice["token_ids"] = ids
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.served.model,
-            "choices": [choice],
-        }
+    def delta(self, text: str, end: dict | None) -> dict:
+        return {"text": text}
+
+    def prompt_ids(self, choices: list[Choice]) -> list:
+        return [c.stream.request.prompt_ids for c in choices]
 
 
-class ChatCompletions:
-    def __init__(self, served: Served) -> None:
-        self.served = served
+class ChatCompletions(OpenAIApi):
+    whole_object, chunk_object = "chat.completion", "chat.completion.chunk"
 
     def start(self, body: ChatCompletionRequest) -> list[Choice]:
         check(self.served, body)
@@ -264,49 +296,20 @@ class ChatCompletions:
             ids = chat_prompt(self.served, body.messages, body.add_generation_prompt)
             req = engine_request(self.served, body, ids, body.token_limit())
         except InvalidRequest as e:
-            field_name = "max_tokens" if e.field == "max_tokens" and body.max_tokens else e.field
+            field_name = e.field
             if e.field == "max_tokens" and body.max_completion_tokens is not None:
                 field_name = "max_completion_tokens"
             raise invalid(field_name, str(e).split(": ", 1)[1]) from e
         return submit(self.served, [req])
 
-    def whole(self, body: ChatCompletionRequest, choices: list[Choice], rid: str) -> dict:
-        out = {
-            "id": rid,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.served.model,
-            "choices": [
-                {
-                    "index": c.index,
-                    "message": {"role": "assistant", "content": "".join(c.text)},
-                    "logprobs": None,
-                    **finish(c),
-                }
-                | ({"token_ids": c.token_ids} if body.return_token_ids else {})
-                for c in choices
-            ],
-            "usage": usage(choices),
-        }
-        if body.return_token_ids:
-            out["prompt_token_ids"] = choices[0].stream.request.prompt_ids
-        return out
+    def content(self, c: Choice) -> dict:
+        return {"message": {"role": "assistant", "content": "".join(c.text)}}
 
-    def chunk(
-        self, rid: str, index: int, text: str, ids: list[int], end: dict | None, body
-    ) -> dict:
-        delta = {"content": text} if text or end is None else {}
-        choice = {"index": index, "delta": delta, "logprobs": None}
-        choice |= end or {"finish_reason": None, "stop_reason": None}
-        if body.return_token_ids:
-            choice["token_ids"] = ids
-        return {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": self.served.model,
-            "choices": [choice],
-        }
+    def delta(self, text: str, end: dict | None) -> dict:
+        return {"delta": {"content": text} if text or end is None else {}}
+
+    def prompt_ids(self, choices: list[Choice]) -> list:
+        return choices[0].stream.request.prompt_ids
 
 
 def sse(data: dict | str) -> bytes:
@@ -314,7 +317,7 @@ def sse(data: dict | str) -> bytes:
 
 
 async def event_stream(
-    api: Completions | ChatCompletions, body, choices: list[Choice], rid: str
+    api: OpenAIApi, body, choices: list[Choice], rid: str
 ) -> AsyncIterator[bytes]:
     """Server-sent events of every choice as its deltas come, then usage (if asked) and
     [DONE]. Cancelled when the client goes away: the finally aborts what is left."""
