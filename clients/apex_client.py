@@ -30,12 +30,18 @@ def sampling_params(
     stop: Sequence[str] = (),
     stop_token_ids: Sequence[int] = (),
     ignore_eos: bool = False,
+    logprobs: int | None = None,
 ) -> generation_pb2.SamplingParams:
     """Only the arguments given are set; the server's defaults fill the rest."""
     given: dict[str, Any] = {
         k: v
         for k, v in dict(
-            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            max_tokens=max_tokens,
+            logprobs=logprobs,
         ).items()
         if v is not None
     }

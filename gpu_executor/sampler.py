@@ -34,6 +34,14 @@ class RowSampling:
     top_k: int
     seed: int
     position: int  # position of the token being drawn
+    logprobs: int = -1  # -1: none; N >= 0: the chosen token's and the top N
+
+
+@dataclass(frozen=True)
+class RowLogprobs:
+    logprob: float
+    top_ids: list[int]
+    top_logprobs: list[float]
 
 
 def sample(logits: torch.Tensor, rows: list[RowSampling]) -> list[int]:
@@ -67,3 +75,25 @@ def sample(logits: torch.Tensor, rows: list[RowSampling]) -> list[int]:
         pick = torch.searchsorted(cdf, target[:, None], right=True).clamp_(max=vocab - 1)
         out[idx] = order.gather(1, pick)[:, 0]
     return out.tolist()
+
+
+def logprobs(
+    logits: torch.Tensor, rows: list[RowSampling], tokens: list[int]
+) -> list[RowLogprobs | None]:
+    """log_softmax of the raw fp32 logits (before temperature, top-k and top-p, as
+    vLLM returns them) at each chosen token and the top N, for the rows that ask."""
+    asked = [i for i, r in enumerate(rows) if r.logprobs >= 0]
+    out: list[RowLogprobs | None] = [None] * len(rows)
+    if not asked:
+        return out
+    dev = logits.device
+    idx = torch.tensor(asked, device=dev)
+    lp = torch.log_softmax(logits.index_select(0, idx).float(), dim=-1)
+    chosen = lp.gather(1, torch.tensor([[tokens[i]] for i in asked], device=dev))[:, 0]
+    n = max(rows[i].logprobs for i in asked)
+    top_lp, top_ids = lp.topk(n, dim=-1) if n else (lp[:, :0], lp[:, :0].long())
+    chosen, top_lp, top_ids = chosen.tolist(), top_lp.tolist(), top_ids.tolist()
+    for j, i in enumerate(asked):
+        k = rows[i].logprobs
+        out[i] = RowLogprobs(chosen[j], top_ids[j][:k], top_lp[j][:k])
+    return out

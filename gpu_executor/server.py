@@ -28,7 +28,7 @@ from gpu_executor.batch import SeqInput, pack
 from gpu_executor.cpu_link import CpuExecutorLost, CpuLink
 from gpu_executor.llama import LlamaModel, sync
 from gpu_executor.probes import ProbeError, probe
-from gpu_executor.sampler import RowSampling, sample
+from gpu_executor.sampler import RowSampling, logprobs, sample
 from gpu_executor.strategies import forward
 
 log = logging.getLogger(__name__)
@@ -149,10 +149,22 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
                 top_k=s.sampling.top_k,
                 seed=s.sampling.seed,
                 position=seq.end_pos,
+                logprobs=s.sampling.top_logprobs if s.sampling.logprobs else -1,
             )
             for s, seq in zip(request.seqs, seqs, strict=True)
         ]
-        return executor_pb2.StepResponse(step_id=request.step_id, next_tokens=sample(logits, rows))
+        tokens = sample(logits, rows)
+        reply = executor_pb2.StepResponse(step_id=request.step_id, next_tokens=tokens)
+        if any(r.logprobs >= 0 for r in rows):
+            reply.logprobs.extend(
+                executor_pb2.StepLogprobs(
+                    logprob=lp.logprob, top_ids=lp.top_ids, top_logprobs=lp.top_logprobs
+                )
+                if lp is not None
+                else executor_pb2.StepLogprobs()
+                for lp in logprobs(logits, rows, tokens)
+            )
+        return reply
 
 
 def attachment(layout: executor_pb2.CpuTierLayout) -> TierAttachment:

@@ -52,6 +52,7 @@ class SamplingConfig:
     stop: tuple[str, ...] = ()
     stop_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; N: the chosen token's and the top N
 
     def __post_init__(self) -> None:
         # User input is validated (with field names) before this is built; these are
@@ -155,10 +156,20 @@ class StepPlan:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """log_softmax of the raw logits at the token drawn, and the N most likely."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
+
+
+@dataclass(frozen=True)
 class StepResult:
-    """What one executor step gives back: a sampled token per sequence, in plan order."""
+    """What one executor step gives back: a sampled token per sequence, in plan order,
+    and its log-probabilities where the request asked for them."""
 
     next_tokens: list[int]
+    logprobs: list[TokenLogprob | None] | None = None
 
 
 class ErrorCode(enum.Enum):

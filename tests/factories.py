@@ -28,7 +28,14 @@ from scheduler.engine.detokenizer import TextTokenizer
 from scheduler.engine.engine import Engine
 from scheduler.engine.outputs import EngineError, OutputDelta, RequestStream
 from scheduler.policies import make_policy
-from scheduler.types import ExecutorError, Request, SamplingConfig, StepPlan, StepResult
+from scheduler.types import (
+    ExecutorError,
+    Request,
+    SamplingConfig,
+    StepPlan,
+    StepResult,
+    TokenLogprob,
+)
 
 
 @functools.cache
@@ -39,6 +46,19 @@ def hf_model(path: Path):
     m = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     m.eval()
     return m
+
+
+def hf_logprobs(path: Path, prompt_ids: list[int], out_ids: list[int], top: int):
+    """transformers' log_softmax (fp32) at each generated token: (chosen, top values,
+    top ids), one row per token."""
+    import torch
+
+    with torch.inference_mode():
+        logits = hf_model(path)(torch.tensor([prompt_ids + out_ids])).logits[0].float()
+    rows = torch.log_softmax(logits, -1)[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(out_ids)]
+    chosen = rows.gather(1, torch.tensor(out_ids)[:, None])[:, 0]
+    values, ids = rows.topk(top, dim=-1)
+    return chosen.tolist(), values.tolist(), ids.tolist()
 
 
 def hf_greedy(path: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
@@ -277,7 +297,11 @@ class FakeExecutors:
             script = self.reply(seq.request.request_id)
             n = len(seq.request.output_ids)
             tokens.append(script[n] if n < len(script) else EOS)
-        return StepResult(tokens)
+        logprobs = [
+            TokenLogprob(-0.5, ((t, -0.5),)) if s.request.sampling.logprobs is not None else None
+            for s, t in zip(plan.seqs, tokens, strict=True)
+        ]
+        return StepResult(tokens, logprobs)
 
     async def recover(self, timeout_s: float) -> bool:
         self.recoveries += 1

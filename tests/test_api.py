@@ -10,7 +10,7 @@ import grpc
 import pytest
 from apex.v1 import generation_pb2 as pb
 
-from tests.factories import BIN, hf_greedy, idle, run, running_stack, wait_until
+from tests.factories import BIN, hf_greedy, hf_logprobs, idle, run, running_stack, wait_until
 
 PROMPT = [0, 45, 99, 301, 7, 250]
 
@@ -279,3 +279,29 @@ def test_apexctl_chat_streams_the_reply(tiny_stack, models):
     with tiny_stack.client() as c:
         expected = c.generate(CHAT, max_tokens=16, temperature=0.0, ignore_eos=True)
     assert json.loads(r.stdout)["token_ids"] == list(expected.token_ids)
+
+
+def test_logprobs_of_greedy_and_sampled_tokens(tiny_stack, models):
+    """The raw model distribution at each token drawn (temperature and top-k change
+    the draw, not the reported distribution), and the top N ids, as transformers has
+    them."""
+    prompt = [0, 45, 99, 301, 7, 250]
+    with tiny_stack.client() as c:
+        for sampling in (dict(temperature=0.0), dict(temperature=0.9, top_k=20, seed=3)):
+            res = c.generate(prompt, max_tokens=10, logprobs=4, ignore_eos=True, **sampling)
+            chosen, top, top_ids = hf_logprobs(models["tiny"], prompt, list(res.token_ids), 4)
+            assert len(res.logprobs) == 10
+            for i, lp in enumerate(res.logprobs):
+                assert lp.logprob == pytest.approx(chosen[i], abs=1e-4)
+                assert list(lp.top_token_ids) == top_ids[i]
+                assert list(lp.top_logprobs) == pytest.approx(top[i], abs=1e-4)
+        streamed = [
+            lp
+            for d in c.generate_stream(prompt, max_tokens=6, logprobs=0, temperature=0.0)
+            for lp in d.logprobs
+        ]
+        assert len(streamed) == 6 and all(not lp.top_token_ids for lp in streamed)
+        with pytest.raises(grpc.RpcError) as err:
+            c.generate(prompt, max_tokens=2, logprobs=21)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("logprobs:")

@@ -310,3 +310,20 @@ def test_status_snapshot_counts_and_prediction_error(tokenizer):
     assert status.iterations >= 12 and status.prediction_samples == status.iterations
     assert status.policy.profile == "" and math.isnan(status.policy.calibration) is False
     assert status.last_strategy == "gpu-only"
+
+
+def test_logprobs_travel_with_their_tokens_and_only_when_asked(tokenizer):
+    async def scenario():
+        fake = FakeExecutors(step_s=0.001)
+        engine = make_engine(tokenizer, fake)
+        engine.start()
+        asked = engine.submit(request("a", max_tokens=9, ignore_eos=True, logprobs=2))
+        plain = engine.submit(request("b", max_tokens=9, ignore_eos=True))
+        items = await collect(asked), await collect(plain)
+        await engine.stop()
+        return items
+
+    asked, plain = run(scenario)
+    assert all(len(d.logprobs) == len(d.token_ids) for d in asked)
+    assert sum(len(d.logprobs) for d in asked) == 9
+    assert all(not d.logprobs for d in plain)

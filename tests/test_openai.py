@@ -16,7 +16,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.factories import hf_greedy, running_stack, wait_until
+from tests.factories import hf_greedy, hf_logprobs, running_stack, wait_until
 
 TOKEN = "sk-apex-test"
 MESSAGES = [
@@ -111,7 +111,8 @@ INVALID = [
     ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}),
     ("response_format", {"response_format": {"type": "json_object"}}),
     ("n", {"n": 2}),
-    ("logprobs", {"logprobs": True}),
+    ("top_logprobs", {"logprobs": True, "top_logprobs": 21}),
+    ("top_logprobs", {"top_logprobs": 2}),
     ("frequency_penalty", {"frequency_penalty": 0.5}),
     ("logit_bias", {"logit_bias": {"5": 10}}),
     ("temperature", {"temperature": -1}),
@@ -304,3 +305,50 @@ def test_the_metrics_an_inference_gateway_routes_on(stack):
     assert labelled(during, "vllm:num_requests_running")[1] == 1
     assert 0 < labelled(during, "vllm:kv_cache_usage_perc")[1] <= 1
     stream.close()
+
+
+@pytest.mark.parametrize("which", ["stack", "cpu_stack"])
+def test_logprobs_are_transformers_log_softmax(which, models, request):
+    """Chat (chosen and top 5, whole and streamed) and completions (top 3): the raw
+    model distribution, as vLLM returns it, within 1e-4 of transformers' fp32."""
+    stack = request.getfixturevalue(which)
+    model = models["tiny" if which == "stack" else "tiny-gqa"]
+    c, n = client(stack), 12
+    body = {"ignore_eos": True, "return_token_ids": True}
+    kw = dict(model=name(stack), messages=MESSAGES, max_tokens=n, temperature=0)
+    whole = c.chat.completions.create(**kw, logprobs=True, top_logprobs=5, extra_body=body)
+    ids = extra(whole.choices[0], "token_ids")
+    chosen, top, _ = hf_logprobs(model, chat_prompt_ids(model, MESSAGES), ids, 5)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == n
+    for i, entry in enumerate(content):
+        assert entry.logprob == pytest.approx(chosen[i], abs=1e-4)
+        assert [t.logprob for t in entry.top_logprobs] == pytest.approx(top[i], abs=1e-4)
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)  # greedy: top 1
+    streamed = c.chat.completions.create(
+        **kw, logprobs=True, top_logprobs=5, stream=True, extra_body=body
+    )
+    lps = [
+        e.logprob
+        for ch in streamed
+        if ch.choices and ch.choices[0].logprobs
+        for e in ch.choices[0].logprobs.content
+    ]
+    assert lps == pytest.approx(chosen, abs=1e-4)
+    prompt = [0, 45, 99, 301, 7, 250]
+    r = c.completions.create(
+        model=name(stack),
+        prompt=prompt,
+        max_tokens=n,
+        temperature=0,
+        logprobs=3,
+        extra_body=body,
+    )
+    ids = extra(r.choices[0], "token_ids")
+    chosen, top, _ = hf_logprobs(model, prompt, ids, 3)
+    got = r.choices[0].logprobs
+    assert got.token_logprobs == pytest.approx(chosen, abs=1e-4)
+    for i, alternatives in enumerate(got.top_logprobs):
+        for v in alternatives.values():  # keys are token texts: distinct ids may share one
+            assert min(abs(v - w) for w in top[i]) < 1e-4
+    assert got.text_offset[0] == 0 and len(got.tokens) == n

@@ -20,6 +20,7 @@ from scheduler.engine.outputs import (
     Rejected,
     RequestStream,
 )
+from scheduler.types import TokenLogprob
 
 # Why an intake was refused, as gRPC says it.
 REJECTED = {
@@ -40,6 +41,17 @@ def usage_proto(delta: OutputDelta) -> generation_pb2.Usage | None:
         total_time_s=u.total_time_s,
         preemptions=u.preemptions,
     )
+
+
+def logprobs_proto(lps: list[TokenLogprob]) -> list[generation_pb2.TokenLogprobs]:
+    return [
+        generation_pb2.TokenLogprobs(
+            logprob=lp.logprob,
+            top_token_ids=[i for i, _ in lp.top],
+            top_logprobs=[v for _, v in lp.top],
+        )
+        for lp in lps
+    ]
 
 
 class GenerationService(generation_pb2_grpc.GenerationServicer):
@@ -92,16 +104,19 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
                 finish_reason=int(d.finish_reason or 0),
                 matched_stop=d.matched_stop,
                 usage=usage_proto(d),
+                logprobs=logprobs_proto(d.logprobs),
             )
 
     async def GenerateUnary(self, request, context):
         stream = await self.submit(request, context)
         text: list[str] = []
         ids: list[int] = []
+        lps: list[TokenLogprob] = []
         last: OutputDelta | None = None
         async for d in self.deltas(stream, context):
             text.append(d.text)
             ids.extend(d.token_ids)
+            lps.extend(d.logprobs)
             last = d
         if last is None:
             raise AssertionError("a stream always ends with a final delta")
@@ -112,6 +127,7 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
             finish_reason=int(last.finish_reason or 0),
             matched_stop=last.matched_stop,
             usage=usage_proto(last),
+            logprobs=logprobs_proto(lps),
         )
 
     async def Abort(self, request, context):

@@ -23,22 +23,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from scheduler.api.openai_apis import ChatCompletions, Completions, event_stream
 from scheduler.api.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
 )
-from scheduler.api.openai_serving import (
-    ApiError,
-    ChatCompletions,
-    Completions,
-    Served,
-    chat_prompt,
-    event_stream,
-    invalid,
-    run_to_end,
-)
+from scheduler.api.openai_serving import ApiError, Served, chat_prompt, invalid, run_to_end
 from scheduler.api.validation import InvalidRequest
 
 VERSION = "0.1.0"

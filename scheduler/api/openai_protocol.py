@@ -68,6 +68,9 @@ class SamplingFields(Strict):
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
+    def logprob_count(self) -> tuple[int | None, str]:
+        raise NotImplementedError
+
     def unsupported(self) -> tuple[str, str] | None:
         """(field, why) for the first field set to something the engine does not do yet."""
         if self.n != 1:
@@ -97,9 +100,15 @@ class ChatCompletionRequest(SamplingFields):
     add_generation_prompt: bool = True  # vLLM's
 
     def unsupported(self) -> tuple[str, str] | None:
-        if self.logprobs or self.top_logprobs:
-            return ("logprobs" if self.logprobs else "top_logprobs"), "not supported yet"
+        if self.top_logprobs is not None and not self.logprobs:
+            return "top_logprobs", "needs logprobs: true"
         return super().unsupported()
+
+    def logprob_count(self) -> tuple[int | None, str]:
+        """(top N or None for no log-probabilities, the field that says so)."""
+        if not self.logprobs:
+            return None, "logprobs"
+        return (self.top_logprobs or 0), "top_logprobs"
 
     def token_limit(self) -> int | None:
         return (
@@ -117,9 +126,10 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = None
     suffix: str | None = None
 
+    def logprob_count(self) -> tuple[int | None, str]:
+        return self.logprobs, "logprobs"
+
     def unsupported(self) -> tuple[str, str] | None:
-        if self.logprobs:
-            return "logprobs", "not supported yet"
         if self.echo:
             return "echo", "not supported"
         if self.best_of not in (None, 1):

@@ -22,6 +22,7 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_STOP_TOKEN_IDS = 64
 MAX_TEMPERATURE = 1e4
+MAX_LOGPROBS = 20
 
 
 class InvalidRequest(ValueError):
@@ -145,6 +146,7 @@ def sampling_config(
         stop=list(sp.stop),
         stop_token_ids=list(sp.stop_token_ids),
         ignore_eos=sp.ignore_eos,
+        logprobs=given("logprobs"),
     )
 
 
@@ -159,6 +161,8 @@ def make_sampling(
     stop: list[str] | None = None,
     stop_token_ids: list[int] | None = None,
     ignore_eos: bool = False,
+    logprobs: int | None = None,
+    logprobs_field: str = "logprobs",
 ) -> SamplingConfig:
     """Sampling settings from any API's fields (None: the default), each checked and
     named on error as the field it came from."""
@@ -197,6 +201,8 @@ def make_sampling(
             raise InvalidRequest(
                 f"stop_token_ids[{i}]", f"{t} is outside the vocabulary [0, {limits.vocab_size})"
             )
+    if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
+        raise InvalidRequest(logprobs_field, f"must be in [0, {MAX_LOGPROBS}], got {logprobs}")
     return SamplingConfig(
         temperature=float(temperature),
         top_p=float(top_p),
@@ -208,4 +214,5 @@ def make_sampling(
         stop=tuple(stop),
         stop_token_ids=frozenset(stop_token_ids),
         ignore_eos=ignore_eos,
+        logprobs=logprobs,
     )

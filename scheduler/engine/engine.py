@@ -41,7 +41,15 @@ from scheduler.engine.status import (
 )
 from scheduler.engine.trace import IterationRecord, Trace
 from scheduler.policies import make_policy
-from scheduler.types import ErrorCode, ExecutorError, FinishReason, Request, StepPlan, Tier
+from scheduler.types import (
+    ErrorCode,
+    ExecutorError,
+    FinishReason,
+    Request,
+    StepPlan,
+    StepResult,
+    Tier,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +142,7 @@ class Engine:
                 self.predictor.observe(work, measured, predicted, fit=self.cost is None)
                 self.trace.record(plan, self.scheduler.policy.name, predicted, measured)
                 self.scheduler.policy.calibration.observe(plan.model_s, measured)
-                self.apply(plan, reply.next_tokens)
+                self.apply(plan, reply)
             except ExecutorError as e:
                 if self.give_up_on_repeated_failures(plan, e):
                     await self.recover(e)
@@ -184,8 +192,13 @@ class Engine:
             self.scheduler.finish(stream.request, FinishReason.ABORTED)
             stream.queue.put_nowait(EngineError(code, message))
 
-    def apply(self, plan: StepPlan, tokens: list[int]) -> None:
-        updated = self.scheduler.update(plan, tokens)
+    def apply(self, plan: StepPlan, reply: StepResult) -> None:
+        if reply.logprobs is not None:  # kept beside the tokens they belong to
+            for seq, lp in zip(plan.seqs, reply.logprobs, strict=True):
+                stream = self.streams.get(seq.request.request_id)
+                if lp is not None and stream is not None and not seq.request.finished:
+                    stream.logprobs.append(lp)
+        updated = self.scheduler.update(plan, reply.next_tokens)
         now = time.monotonic()
         self.stats.iterations += 1
         strategy = plan.strategy.value
@@ -216,11 +229,12 @@ class Engine:
             stream.detok.flush()
             stream.detok.match_stop()
         new_tokens = req.output_ids[stream.sent_tokens :]
+        new_logprobs = stream.logprobs[stream.sent_tokens :]
         stream.sent_tokens = len(req.output_ids)
         text = stream.detok.take(final)
         if not final:
             if text or new_tokens:
-                stream.queue.put_nowait(OutputDelta(text, new_tokens))
+                stream.queue.put_nowait(OutputDelta(text, new_tokens, logprobs=new_logprobs))
             return
         self.stats.finished_requests += 1
         end = req.finish_time or time.monotonic()
@@ -232,7 +246,7 @@ class Engine:
             preemptions=req.preemptions,
         )
         stream.queue.put_nowait(
-            OutputDelta(text, new_tokens, req.finish_reason, req.matched_stop, usage)
+            OutputDelta(text, new_tokens, req.finish_reason, req.matched_stop, usage, new_logprobs)
         )
         self.observer.on_finish(
             req.finish_reason.name.lower(),

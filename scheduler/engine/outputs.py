@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from scheduler.engine.detokenizer import IncrementalDetokenizer
-from scheduler.types import ErrorCode, FinishReason, Request
+from scheduler.types import ErrorCode, FinishReason, Request, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class OutputDelta:
     finish_reason: FinishReason | None = None
     matched_stop: str = ""
     usage: Usage | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token, if asked
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class RequestStream:
     queue: asyncio.Queue[OutputDelta | EngineError] = field(default_factory=asyncio.Queue)
     sent_tokens: int = 0
     last_token_at: float | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # per output token, if asked
 
 
 class Rejected(Exception):

@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
-from scheduler.types import ExecutorError, StepPlan, StepResult, Strategy, Tier
+from scheduler.types import ExecutorError, StepPlan, StepResult, Strategy, Tier, TokenLogprob
 
 T = TypeVar("T")
 
@@ -76,6 +76,8 @@ def step_request(plan: StepPlan) -> executor_pb2.StepRequest:
                 top_p=s.request.sampling.top_p,
                 top_k=s.request.sampling.top_k,
                 seed=s.request.sampling.seed,
+                logprobs=s.request.sampling.logprobs is not None,
+                top_logprobs=s.request.sampling.logprobs or 0,
             ),
         )
         for s in plan.seqs
@@ -88,6 +90,19 @@ def step_request(plan: StepPlan) -> executor_pb2.StepRequest:
         strategy=STRATEGIES[plan.strategy],
         pipeline_rows=plan.pipeline_rows,
     )
+
+
+def step_logprobs(
+    plan: StepPlan, reply: executor_pb2.StepResponse
+) -> list[TokenLogprob | None] | None:
+    if not reply.logprobs:
+        return None
+    return [
+        TokenLogprob(lp.logprob, tuple(zip(lp.top_ids, lp.top_logprobs, strict=True)))
+        if s.request.sampling.logprobs is not None
+        else None
+        for s, lp in zip(plan.seqs, reply.logprobs, strict=True)
+    ]
 
 
 class GpuExecutorClient:
@@ -110,7 +125,7 @@ class GpuExecutorClient:
 
     async def step(self, plan: StepPlan, timeout: float) -> StepResult:
         reply = await call(self.stub.Step(step_request(plan), timeout=timeout))
-        return StepResult(list(reply.next_tokens))
+        return StepResult(list(reply.next_tokens), step_logprobs(plan, reply))
 
     async def attach_cpu_tier(self, layout: executor_pb2.CpuTierLayout) -> None:
         """The layout the CPU executor answered InitTier with, passed on as it came."""
