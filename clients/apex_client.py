@@ -31,6 +31,11 @@ def sampling_params(
     stop_token_ids: Sequence[int] = (),
     ignore_eos: bool = False,
     logprobs: int | None = None,
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    repetition_penalty: float | None = None,
+    logit_bias: dict[int, float] | None = None,
+    min_tokens: int | None = None,
 ) -> generation_pb2.SamplingParams:
     """Only the arguments given are set; the server's defaults fill the rest."""
     given: dict[str, Any] = {
@@ -42,11 +47,19 @@ def sampling_params(
             seed=seed,
             max_tokens=max_tokens,
             logprobs=logprobs,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+            repetition_penalty=repetition_penalty,
+            min_tokens=min_tokens,
         ).items()
         if v is not None
     }
     return generation_pb2.SamplingParams(
-        **given, stop=list(stop), stop_token_ids=list(stop_token_ids), ignore_eos=ignore_eos
+        **given,
+        stop=list(stop),
+        stop_token_ids=list(stop_token_ids),
+        ignore_eos=ignore_eos,
+        logit_bias=logit_bias or {},
     )
 
 

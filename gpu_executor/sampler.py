@@ -35,6 +35,23 @@ class RowSampling:
     seed: int
     position: int  # position of the token being drawn
     logprobs: int = -1  # -1: none; N >= 0: the chosen token's and the top N
+    banned: tuple[int, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    prompt_ids: tuple[int, ...] = ()  # what the penalties count (sent when one is on)
+    output_ids: tuple[int, ...] = ()
+
+    @property
+    def processed(self) -> bool:
+        return bool(
+            self.banned
+            or self.logit_bias
+            or self.repetition_penalty not in (0.0, 1.0)
+            or self.frequency_penalty
+            or self.presence_penalty
+        )
 
 
 @dataclass(frozen=True)
@@ -44,8 +61,41 @@ class RowLogprobs:
     top_logprobs: list[float]
 
 
+def process(logits: torch.Tensor, rows: list[RowSampling]) -> torch.Tensor:
+    """The logits the draw sees, as vLLM orders the steps: banned tokens (min_tokens)
+    out, logit_bias added, then the repetition penalty (HF's: a seen token's logit
+    divided by it if positive, multiplied if negative, over prompt and output), then
+    OpenAI's frequency and presence penalties (minus f x count and p x [count > 0], over
+    the output). Rows that ask for none of it are left as they are, and so is the input."""
+    todo = [i for i, r in enumerate(rows) if r.processed]
+    if not todo:
+        return logits
+    logits = logits.clone()
+    dev, vocab = logits.device, logits.shape[-1]
+    for i in todo:
+        r, row = rows[i], logits[i]
+        if r.banned:
+            row[torch.tensor(r.banned, device=dev)] = float("-inf")
+        if r.logit_bias:
+            ids = torch.tensor([k for k, _ in r.logit_bias], device=dev)
+            row.index_add_(0, ids, torch.tensor([v for _, v in r.logit_bias], device=dev))
+        if r.repetition_penalty not in (0.0, 1.0):
+            seen = torch.tensor(
+                sorted({*r.prompt_ids, *r.output_ids}), device=dev, dtype=torch.long
+            )
+            if seen.numel():
+                x = row[seen]
+                row[seen] = torch.where(x > 0, x / r.repetition_penalty, x * r.repetition_penalty)
+        if (r.frequency_penalty or r.presence_penalty) and r.output_ids:
+            out = torch.tensor(r.output_ids, device=dev, dtype=torch.long)
+            counts = torch.bincount(out, minlength=vocab).to(row.dtype)
+            row -= r.frequency_penalty * counts + r.presence_penalty * (counts > 0).to(row.dtype)
+    return logits
+
+
 def sample(logits: torch.Tensor, rows: list[RowSampling]) -> list[int]:
     """logits: (S, vocab) fp32. Greedy rows take the argmax; the rest sample."""
+    logits = process(logits, rows)
     out = logits.argmax(dim=-1)
     sampled = [i for i, r in enumerate(rows) if r.temperature > 0]
     if sampled:

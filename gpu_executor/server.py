@@ -150,6 +150,13 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
                 seed=s.sampling.seed,
                 position=seq.end_pos,
                 logprobs=s.sampling.top_logprobs if s.sampling.logprobs else -1,
+                banned=tuple(s.sampling.banned_token_ids),
+                logit_bias=tuple(s.sampling.logit_bias.items()),
+                repetition_penalty=s.sampling.repetition_penalty,
+                frequency_penalty=s.sampling.frequency_penalty,
+                presence_penalty=s.sampling.presence_penalty,
+                prompt_ids=tuple(s.prompt_token_ids),
+                output_ids=tuple(s.output_token_ids),
             )
             for s, seq in zip(request.seqs, seqs, strict=True)
         ]

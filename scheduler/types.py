@@ -53,6 +53,18 @@ class SamplingConfig:
     stop_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; N: the chosen token's and the top N
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    min_tokens: int = 0  # before it, EOS and stop tokens are banned and stops not matched
+
+    @property
+    def penalised(self) -> bool:
+        """Whether the executor needs the tokens so far (a penalty counts them)."""
+        return bool(self.presence_penalty or self.frequency_penalty) or (
+            self.repetition_penalty != 1.0
+        )
 
     def __post_init__(self) -> None:
         # User input is validated (with field names) before this is built; these are
@@ -65,6 +77,10 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"min_tokens must be in [0, max_tokens], got {self.min_tokens}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
 
 
 @dataclass
@@ -119,6 +135,7 @@ class SeqPlan:
     start_pos: int  # position of token_ids[0]
     tier: Tier
     block_table: list[int]
+    banned: tuple[int, ...] = ()  # tokens the draw must not take (min_tokens not reached)
 
     @property
     def is_prefill(self) -> bool:

@@ -61,6 +61,45 @@ def hf_logprobs(path: Path, prompt_ids: list[int], out_ids: list[int], top: int)
     return chosen.tolist(), values.tolist(), ids.tolist()
 
 
+def hf_processed_greedy(
+    path: Path,
+    prompt: list[int],
+    n: int,
+    *,
+    frequency: float = 0.0,
+    presence: float = 0.0,
+    repetition: float = 1.0,
+    bias: dict[int, float] | None = None,
+    min_tokens: int = 0,
+    stop_ids: Sequence[int] = (),
+) -> list[int]:
+    """Greedy decoding on transformers' fp32 logits with the documented formulas written
+    out here on their own (a reference for the engine's, not a copy of it): tokens that
+    would end the output banned before min_tokens, logit_bias added, HF's repetition
+    penalty over prompt and output, OpenAI's frequency and presence penalties over the
+    output; it ends at a stop id once min_tokens are out."""
+    import torch
+
+    model, out = hf_model(path), []
+    with torch.inference_mode():
+        for _ in range(n):
+            x = model(torch.tensor([prompt + out])).logits[0, -1].float().clone()
+            if len(out) < min_tokens:
+                for t in stop_ids:
+                    x[t] = float("-inf")
+            for t, v in (bias or {}).items():
+                x[t] += v
+            if repetition != 1.0:
+                for t in set(prompt + out):
+                    x[t] = x[t] / repetition if x[t] > 0 else x[t] * repetition
+            for t in set(out):
+                x[t] -= frequency * out.count(t) + presence
+            out.append(int(x.argmax()))
+            if len(out) >= max(min_tokens, 1) and out[-1] in stop_ids:
+                break
+    return out
+
+
 def hf_greedy(path: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """transformers' own greedy generate, fp32, never stopping at EOS."""
     import torch

@@ -10,7 +10,16 @@ import grpc
 import pytest
 from apex.v1 import generation_pb2 as pb
 
-from tests.factories import BIN, hf_greedy, hf_logprobs, idle, run, running_stack, wait_until
+from tests.factories import (
+    BIN,
+    hf_greedy,
+    hf_logprobs,
+    hf_processed_greedy,
+    idle,
+    run,
+    running_stack,
+    wait_until,
+)
 
 PROMPT = [0, 45, 99, 301, 7, 250]
 
@@ -305,3 +314,42 @@ def test_logprobs_of_greedy_and_sampled_tokens(tiny_stack, models):
             c.generate(prompt, max_tokens=2, logprobs=21)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details().startswith("logprobs:")
+
+
+def test_penalties_bias_and_min_tokens_over_grpc(tiny_stack, models):
+    prompt = [0, 45, 99, 301, 7, 250]
+    plain = hf_greedy(models["tiny"], prompt, 10)
+    bias = {plain[0]: -100.0, plain[2]: 6.0}
+    with tiny_stack.client() as c:
+        res = c.generate(
+            prompt,
+            max_tokens=10,
+            temperature=0.0,
+            ignore_eos=True,
+            frequency_penalty=0.7,
+            repetition_penalty=1.2,
+            logit_bias=bias,
+        )
+        expected = hf_processed_greedy(
+            models["tiny"], prompt, 10, frequency=0.7, repetition=1.2, bias=bias
+        )
+        assert list(res.token_ids) == expected
+        res = c.generate(
+            prompt,
+            max_tokens=10,
+            temperature=0.0,
+            ignore_eos=True,
+            stop_token_ids=[plain[0]],
+            min_tokens=4,
+        )
+        assert len(res.token_ids) >= 4 and plain[0] not in list(res.token_ids)[:4]
+        for bad, field in (
+            (dict(presence_penalty=3.0), "presence_penalty"),
+            (dict(repetition_penalty=0.0), "repetition_penalty"),
+            (dict(logit_bias={10**7: 1.0}), "logit_bias"),
+            (dict(min_tokens=5, max_tokens=2), "min_tokens"),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                c.generate(prompt, **bad)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details().startswith(field + ":"), err.value.details()

@@ -16,7 +16,13 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.factories import hf_greedy, hf_logprobs, running_stack, wait_until
+from tests.factories import (
+    hf_greedy,
+    hf_logprobs,
+    hf_processed_greedy,
+    running_stack,
+    wait_until,
+)
 
 TOKEN = "sk-apex-test"
 MESSAGES = [
@@ -113,8 +119,10 @@ INVALID = [
     ("n", {"n": 2}),
     ("top_logprobs", {"logprobs": True, "top_logprobs": 21}),
     ("top_logprobs", {"top_logprobs": 2}),
-    ("frequency_penalty", {"frequency_penalty": 0.5}),
-    ("logit_bias", {"logit_bias": {"5": 10}}),
+    ("frequency_penalty", {"frequency_penalty": 2.5}),
+    ("logit_bias", {"logit_bias": {"nope": 10}}),
+    ("logit_bias", {"logit_bias": {"5": 101}}),
+    ("min_tokens", {"max_tokens": 4, "extra_body": {"min_tokens": 5}}),
     ("temperature", {"temperature": -1}),
     ("max_tokens", {"max_tokens": 0}),
     ("max_tokens", {"max_tokens": 10**6}),
@@ -352,3 +360,34 @@ def test_logprobs_are_transformers_log_softmax(which, models, request):
         for v in alternatives.values():  # keys are token texts: distinct ids may share one
             assert min(abs(v - w) for w in top[i]) < 1e-4
     assert got.text_offset[0] == 0 and len(got.tokens) == n
+
+
+@pytest.mark.parametrize("which", ["stack", "cpu_stack"])
+def test_penalties_logit_bias_and_min_tokens_follow_their_formulas(which, models, request):
+    stack = request.getfixturevalue(which)
+    model = models["tiny" if which == "stack" else "tiny-gqa"]
+    c, n, prompt = client(stack), 14, [0, 45, 99, 301, 7, 250]
+
+    def run(**kw) -> list[int]:
+        body = {"return_token_ids": True, **kw.pop("extra_body", {})}
+        r = c.completions.create(
+            model=name(stack), prompt=prompt, max_tokens=n, temperature=0, extra_body=body, **kw
+        )
+        return extra(r.choices[0], "token_ids")
+
+    plain = hf_greedy(model, prompt, n)
+    got = run(frequency_penalty=1.5, presence_penalty=0.5, extra_body={"ignore_eos": True})
+    assert got == hf_processed_greedy(model, prompt, n, frequency=1.5, presence=0.5)
+    got = run(extra_body={"repetition_penalty": 1.3, "ignore_eos": True})
+    assert got == hf_processed_greedy(model, prompt, n, repetition=1.3)
+    bias = {plain[0]: -100.0, plain[1]: 8.0}
+    got = run(logit_bias={str(k): v for k, v in bias.items()}, extra_body={"ignore_eos": True})
+    assert got == hf_processed_greedy(model, prompt, n, bias=bias)
+    assert got != plain
+    # The greedy first token as a stop token ends the output at once, unless min_tokens
+    # keeps it (and EOS) from being drawn before then.
+    stop = plain[0]
+    assert run(extra_body={"stop_token_ids": [stop], "ignore_eos": True}) == [stop]
+    got = run(extra_body={"stop_token_ids": [stop], "ignore_eos": True, "min_tokens": 6})
+    assert len(got) >= 6 and stop not in got[:6]
+    assert got == hf_processed_greedy(model, prompt, n, min_tokens=6, stop_ids=[stop])

@@ -75,19 +75,6 @@ class SamplingFields(Strict):
         """(field, why) for the first field set to something the engine does not do yet."""
         if self.n != 1:
             return "n", "only n=1 is supported for now"
-        if self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0:
-            field = (
-                "presence_penalty"
-                if self.presence_penalty
-                else "frequency_penalty"
-                if self.frequency_penalty
-                else "repetition_penalty"
-            )
-            return field, "penalties are not supported yet"
-        if self.logit_bias:
-            return "logit_bias", "not supported yet"
-        if self.min_tokens:
-            return "min_tokens", "not supported yet"
         return None
 
 

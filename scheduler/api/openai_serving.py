@@ -113,6 +113,11 @@ def engine_request(served: Served, body: SamplingFields, ids: list[int], limit: 
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
         logprobs_field=logprobs_field,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
+        logit_bias=body.logit_bias,
+        min_tokens=body.min_tokens,
     )
     return Request(f"{uuid.uuid4().hex}", ids, sampling)
 

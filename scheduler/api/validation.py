@@ -23,6 +23,7 @@ MAX_STOP_CHARS = 256
 MAX_STOP_TOKEN_IDS = 64
 MAX_TEMPERATURE = 1e4
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 300  # entries
 
 
 class InvalidRequest(ValueError):
@@ -147,6 +148,11 @@ def sampling_config(
         stop_token_ids=list(sp.stop_token_ids),
         ignore_eos=sp.ignore_eos,
         logprobs=given("logprobs"),
+        presence_penalty=given("presence_penalty"),
+        frequency_penalty=given("frequency_penalty"),
+        repetition_penalty=given("repetition_penalty"),
+        logit_bias=dict(sp.logit_bias),
+        min_tokens=given("min_tokens"),
     )
 
 
@@ -163,6 +169,11 @@ def make_sampling(
     ignore_eos: bool = False,
     logprobs: int | None = None,
     logprobs_field: str = "logprobs",
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    repetition_penalty: float | None = None,
+    logit_bias: dict[int, float] | None = None,
+    min_tokens: int | None = None,
 ) -> SamplingConfig:
     """Sampling settings from any API's fields (None: the default), each checked and
     named on error as the field it came from."""
@@ -203,6 +214,21 @@ def make_sampling(
             )
     if logprobs is not None and not 0 <= logprobs <= MAX_LOGPROBS:
         raise InvalidRequest(logprobs_field, f"must be in [0, {MAX_LOGPROBS}], got {logprobs}")
+    for name, value in (
+        ("presence_penalty", presence_penalty),
+        ("frequency_penalty", frequency_penalty),
+    ):
+        if value is not None and not (math.isfinite(value) and -2 <= value <= 2):
+            raise InvalidRequest(name, f"must be in [-2, 2], got {value}")
+    repetition_penalty = 1.0 if repetition_penalty is None else repetition_penalty
+    if not (math.isfinite(repetition_penalty) and 0 < repetition_penalty <= 100):
+        raise InvalidRequest("repetition_penalty", f"must be in (0, 100], got {repetition_penalty}")
+    bias = check_logit_bias(logit_bias or {}, limits)
+    min_tokens = 0 if min_tokens is None else min_tokens
+    if not 0 <= min_tokens <= max_tokens:
+        raise InvalidRequest(
+            "min_tokens", f"must be in [0, max_tokens={max_tokens}], got {min_tokens}"
+        )
     return SamplingConfig(
         temperature=float(temperature),
         top_p=float(top_p),
@@ -215,4 +241,29 @@ def make_sampling(
         stop_token_ids=frozenset(stop_token_ids),
         ignore_eos=ignore_eos,
         logprobs=logprobs,
+        presence_penalty=float(presence_penalty or 0.0),
+        frequency_penalty=float(frequency_penalty or 0.0),
+        repetition_penalty=float(repetition_penalty),
+        logit_bias=bias,
+        min_tokens=int(min_tokens),
     )
+
+
+def check_logit_bias(bias: dict, limits: Limits) -> tuple[tuple[int, float], ...]:
+    """Token ids (OpenAI sends them as strings) to biases in [-100, 100]."""
+    if len(bias) > MAX_LOGIT_BIAS:
+        raise InvalidRequest("logit_bias", f"at most {MAX_LOGIT_BIAS} entries")
+    out = []
+    for key, value in bias.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise InvalidRequest("logit_bias", f"{key!r} is not a token id") from None
+        if not 0 <= token < limits.vocab_size:
+            raise InvalidRequest(
+                "logit_bias", f"{token} is outside the vocabulary [0, {limits.vocab_size})"
+            )
+        if not (math.isfinite(value) and -100 <= value <= 100):
+            raise InvalidRequest("logit_bias", f"the bias of {token} must be in [-100, 100]")
+        out.append((token, float(value)))
+    return tuple(sorted(out))

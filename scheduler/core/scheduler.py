@@ -119,7 +119,14 @@ class Scheduler:
         # The plan shares each block table with its request: nothing changes a table
         # before the executor has run the plan, and the next schedule() makes new ones.
         seqs = [
-            SeqPlan(r, r.tokens_from(r.num_computed), r.num_computed, r.tier, r.block_table)
+            SeqPlan(
+                r,
+                r.tokens_from(r.num_computed),
+                r.num_computed,
+                r.tier,
+                r.block_table,
+                self.banned(r),
+            )
             for r in decodes
         ]
         if not preempted and not self.swapped:
@@ -287,7 +294,7 @@ class Scheduler:
             req.target_tier = target if target is Tier.CPU else None
             self.running.append(req)
             admitted.append(req)
-            seqs.append(SeqPlan(req, req.all_ids, 0, Tier.GPU, req.block_table))
+            seqs.append(SeqPlan(req, req.all_ids, 0, Tier.GPU, req.block_table, self.banned(req)))
             budget -= n
         return seqs
 
@@ -337,8 +344,18 @@ class Scheduler:
             updated.append(req)
         return updated
 
+    def banned(self, req: Request) -> tuple[int, ...]:
+        """Until min_tokens are out, the tokens that would end the output are not drawn."""
+        sp = req.sampling
+        if len(req.output_ids) >= sp.min_tokens:
+            return ()
+        eos = () if sp.ignore_eos else self.eos_token_ids
+        return tuple(sorted({*eos, *sp.stop_token_ids}))
+
     def check_stop(self, req: Request, tok: int) -> tuple[FinishReason | None, str]:
         sp = req.sampling
+        if len(req.output_ids) < sp.min_tokens:  # the draw cannot have taken a stop token
+            return None, ""
         if tok in sp.stop_token_ids:
             return FinishReason.STOP_TOKEN, str(tok)
         if not sp.ignore_eos and tok in self.eos_token_ids:

@@ -66,15 +66,16 @@ class IncrementalDetokenizer:
         self.stop = stop
         self.hold = max((len(s) for s in stop), default=1) - 1
 
-    def add(self, token: int) -> str | None:
-        """Feed one token; returns the stop string that matched, if any."""
+    def add(self, token: int, stops: bool = True) -> str | None:
+        """Feed one token; returns the stop string that matched, if any (none is looked
+        for with `stops` off)."""
         self.ids.append(token)
         prefix = self.tokenizer.decode(self.ids[: self.read_offset])
         full = self.tokenizer.decode(self.ids)
         if len(full) > len(prefix) and full.startswith(prefix) and not full.endswith("\ufffd"):
             self.append(full[len(prefix) :])
             self.advance(self.read_offset)
-        return self.match_stop()
+        return self.match_stop() if stops else None
 
     def flush(self) -> None:
         """At the end, release what was held for incomplete bytes (the model's own).

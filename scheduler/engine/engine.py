@@ -212,7 +212,10 @@ class Engine:
             if stream.last_token_at is not None:
                 gaps.append(now - stream.last_token_at)
             stream.last_token_at = now
-            matched = stream.detok.add(req.output_ids[-1])
+            # Before min_tokens no stop string ends the output (as vLLM does it).
+            matched = stream.detok.add(
+                req.output_ids[-1], stops=len(req.output_ids) >= req.sampling.min_tokens
+            )
             if matched is not None and not req.finished:
                 self.scheduler.finish(req, FinishReason.STOP_STRING, matched)
             elif matched is not None and req.finish_reason is FinishReason.LENGTH:

@@ -14,7 +14,15 @@ from typing import TypeVar
 import grpc
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
-from scheduler.types import ExecutorError, StepPlan, StepResult, Strategy, Tier, TokenLogprob
+from scheduler.types import (
+    ExecutorError,
+    SeqPlan,
+    StepPlan,
+    StepResult,
+    Strategy,
+    Tier,
+    TokenLogprob,
+)
 
 T = TypeVar("T")
 
@@ -62,26 +70,41 @@ async def call(rpc: Awaitable[T]) -> T:
         raise ExecutorError(e.code().name, e.details() or "") from e
 
 
+def seq_step(s: SeqPlan) -> executor_pb2.SeqStep:
+    """One row of the plan. Fields at their defaults are left unset: this is built for
+    every row of every step, and most rows use none of them."""
+    sp = s.request.sampling
+    spec = executor_pb2.SamplingSpec(
+        temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, seed=sp.seed
+    )
+    step = executor_pb2.SeqStep(
+        request_id=s.request.request_id,
+        token_ids=s.token_ids,
+        start_pos=s.start_pos,
+        block_table=s.block_table,
+        tier=executor_pb2.TIER_CPU if s.tier is Tier.CPU else executor_pb2.TIER_GPU,
+        sampling=spec,
+    )
+    spec = step.sampling
+    if sp.logprobs is not None:
+        spec.logprobs, spec.top_logprobs = True, sp.logprobs
+    if s.banned:
+        spec.banned_token_ids.extend(s.banned)
+    if sp.logit_bias:
+        spec.logit_bias.update(dict(sp.logit_bias))
+    if sp.penalised:  # only then the token lists, which grow with the output
+        spec.repetition_penalty = sp.repetition_penalty
+        spec.frequency_penalty = sp.frequency_penalty
+        spec.presence_penalty = sp.presence_penalty
+        step.output_token_ids.extend(s.request.output_ids)
+        if sp.repetition_penalty != 1.0:
+            step.prompt_token_ids.extend(s.request.prompt_ids)
+    return step
+
+
 def step_request(plan: StepPlan) -> executor_pb2.StepRequest:
     """One iteration's plan as the GPU executor receives it."""
-    seqs = [
-        executor_pb2.SeqStep(
-            request_id=s.request.request_id,
-            token_ids=s.token_ids,
-            start_pos=s.start_pos,
-            block_table=s.block_table,
-            tier=executor_pb2.TIER_CPU if s.tier is Tier.CPU else executor_pb2.TIER_GPU,
-            sampling=executor_pb2.SamplingSpec(
-                temperature=s.request.sampling.temperature,
-                top_p=s.request.sampling.top_p,
-                top_k=s.request.sampling.top_k,
-                seed=s.request.sampling.seed,
-                logprobs=s.request.sampling.logprobs is not None,
-                top_logprobs=s.request.sampling.logprobs or 0,
-            ),
-        )
-        for s in plan.seqs
-    ]
+    seqs = [seq_step(s) for s in plan.seqs]
     return executor_pb2.StepRequest(
         step_id=plan.step_id,
         seqs=seqs,

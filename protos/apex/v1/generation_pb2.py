@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61pex/v1/generation.proto\x12\x07\x61pex.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x98\x02\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x15\n\x08logprobs\x18\t \x01(\x05H\x05\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\r\n\x0b_max_tokensB\x0b\n\t_logprobs\"M\n\rTokenLogprobs\x12\x0f\n\x07logprob\x18\x01 \x01(\x02\x12\x15\n\rtop_token_ids\x18\x02 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x03 \x03(\x02\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"l\n\x04\x43hat\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.apex.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\xb1\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12&\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x11.apex.v1.TokenIdsH\x00\x12\x1d\n\x04\x63hat\x18\x05 \x01(\x0b\x32\r.apex.v1.ChatH\x00\x12)\n\x08sampling\x18\x04 \x01(\x0b\x32\x17.apex.v1.SamplingParamsB\x08\n\x06prompt\"\x83\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x1d\n\x15time_to_first_token_s\x18\x03 \x01(\x01\x12\x14\n\x0ctotal_time_s\x18\x04 \x01(\x01\x12\x13\n\x0bpreemptions\x18\x05 \x01(\x05\"\xd4\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12,\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x15.apex.v1.FinishReason\x12\x14\n\x0cmatched_stop\x18\x05 \x01(\t\x12\x1d\n\x05usage\x18\x06 \x01(\x0b\x32\x0e.apex.v1.Usage\x12(\n\x08logprobs\x18\x07 \x03(\x0b\x32\x16.apex.v1.TokenLogprobs\"\xd2\x01\n\x0eGenerateResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12,\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x15.apex.v1.FinishReason\x12\x14\n\x0cmatched_stop\x18\x05 \x01(\t\x12\x1d\n\x05usage\x18\x06 \x01(\x0b\x32\x0e.apex.v1.Usage\x12(\n\x08logprobs\x18\x07 \x03(\x0b\x32\x16.apex.v1.TokenLogprobs\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x12\n\x10ModelInfoRequest\"\xff\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x15\n\reos_token_ids\x18\x04 \x03(\x05\x12\x12\n\nnum_layers\x18\x05 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x06 \x01(\x05\x12\x1b\n\x13num_attention_heads\x18\x07 \x01(\x05\x12\x14\n\x0cnum_kv_heads\x18\x08 \x01(\x05\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\x12\n\nblock_size\x18\x0b \x01(\x05\x12\x12\n\ngpu_blocks\x18\x0c \x01(\x05*\xb6\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x1c\n\x18\x46INISH_REASON_STOP_TOKEN\x10\x03\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x04\x12\x19\n\x15\x46INISH_REASON_ABORTED\x10\x05\x32\x8a\x02\n\nGeneration\x12\x41\n\x08Generate\x12\x18.apex.v1.GenerateRequest\x1a\x19.apex.v1.GenerateResponse0\x01\x12\x42\n\rGenerateUnary\x12\x18.apex.v1.GenerateRequest\x1a\x17.apex.v1.GenerateResult\x12\x36\n\x05\x41\x62ort\x12\x15.apex.v1.AbortRequest\x1a\x16.apex.v1.AbortResponse\x12=\n\x0cGetModelInfo\x12\x19.apex.v1.ModelInfoRequest\x1a\x12.apex.v1.ModelInfoB2Z0github.com/apex-serve/apex/gen/go/apex/v1;apexv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61pex/v1/generation.proto\x12\x07\x61pex.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\xd0\x04\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x05 \x01(\x03H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\x12\n\nignore_eos\x18\x08 \x01(\x08\x12\x15\n\x08logprobs\x18\t \x01(\x05H\x05\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\n \x01(\x02H\x06\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x0b \x01(\x02H\x07\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0c \x01(\x02H\x08\x88\x01\x01\x12:\n\nlogit_bias\x18\r \x03(\x0b\x32&.apex.v1.SamplingParams.LogitBiasEntry\x12\x17\n\nmin_tokens\x18\x0e \x01(\x05H\t\x88\x01\x01\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seedB\r\n\x0b_max_tokensB\x0b\n\t_logprobsB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\r\n\x0b_min_tokens\"M\n\rTokenLogprobs\x12\x0f\n\x07logprob\x18\x01 \x01(\x02\x12\x15\n\rtop_token_ids\x18\x02 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x03 \x03(\x02\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"l\n\x04\x43hat\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.apex.v1.ChatMessage\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x18\n\x16_add_generation_prompt\"\xb1\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12&\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x11.apex.v1.TokenIdsH\x00\x12\x1d\n\x04\x63hat\x18\x05 \x01(\x0b\x32\r.apex.v1.ChatH\x00\x12)\n\x08sampling\x18\x04 \x01(\x0b\x32\x17.apex.v1.SamplingParamsB\x08\n\x06prompt\"\x83\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x1d\n\x15time_to_first_token_s\x18\x03 \x01(\x01\x12\x14\n\x0ctotal_time_s\x18\x04 \x01(\x01\x12\x13\n\x0bpreemptions\x18\x05 \x01(\x05\"\xd4\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12,\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x15.apex.v1.FinishReason\x12\x14\n\x0cmatched_stop\x18\x05 \x01(\t\x12\x1d\n\x05usage\x18\x06 \x01(\x0b\x32\x0e.apex.v1.Usage\x12(\n\x08logprobs\x18\x07 \x03(\x0b\x32\x16.apex.v1.TokenLogprobs\"\xd2\x01\n\x0eGenerateResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12,\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x15.apex.v1.FinishReason\x12\x14\n\x0cmatched_stop\x18\x05 \x01(\t\x12\x1d\n\x05usage\x18\x06 \x01(\x0b\x32\x0e.apex.v1.Usage\x12(\n\x08logprobs\x18\x07 \x03(\x0b\x32\x16.apex.v1.TokenLogprobs\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x12\n\x10ModelInfoRequest\"\xff\x01\n\tModelInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x15\n\reos_token_ids\x18\x04 \x03(\x05\x12\x12\n\nnum_layers\x18\x05 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x06 \x01(\x05\x12\x1b\n\x13num_attention_heads\x18\x07 \x01(\x05\x12\x14\n\x0cnum_kv_heads\x18\x08 \x01(\x05\x12\r\n\x05\x64type\x18\t \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\x12\n\nblock_size\x18\x0b \x01(\x05\x12\x12\n\ngpu_blocks\x18\x0c \x01(\x05*\xb6\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x02\x12\x1c\n\x18\x46INISH_REASON_STOP_TOKEN\x10\x03\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x04\x12\x19\n\x15\x46INISH_REASON_ABORTED\x10\x05\x32\x8a\x02\n\nGeneration\x12\x41\n\x08Generate\x12\x18.apex.v1.GenerateRequest\x1a\x19.apex.v1.GenerateResponse0\x01\x12\x42\n\rGenerateUnary\x12\x18.apex.v1.GenerateRequest\x1a\x17.apex.v1.GenerateResult\x12\x36\n\x05\x41\x62ort\x12\x15.apex.v1.AbortRequest\x1a\x16.apex.v1.AbortResponse\x12=\n\x0cGetModelInfo\x12\x19.apex.v1.ModelInfoRequest\x1a\x12.apex.v1.ModelInfoB2Z0github.com/apex-serve/apex/gen/go/apex/v1;apexv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,34 +32,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apex.v1.generation_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z0github.com/apex-serve/apex/gen/go/apex/v1;apexv1'
-  _globals['_FINISHREASON']._serialized_start=1669
-  _globals['_FINISHREASON']._serialized_end=1851
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._loaded_options = None
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_FINISHREASON']._serialized_start=1981
+  _globals['_FINISHREASON']._serialized_end=2163
   _globals['_TOKENIDS']._serialized_start=37
   _globals['_TOKENIDS']._serialized_end=60
   _globals['_SAMPLINGPARAMS']._serialized_start=63
-  _globals['_SAMPLINGPARAMS']._serialized_end=343
-  _globals['_TOKENLOGPROBS']._serialized_start=345
-  _globals['_TOKENLOGPROBS']._serialized_end=422
-  _globals['_CHATMESSAGE']._serialized_start=424
-  _globals['_CHATMESSAGE']._serialized_end=468
-  _globals['_CHAT']._serialized_start=470
-  _globals['_CHAT']._serialized_end=578
-  _globals['_GENERATEREQUEST']._serialized_start=581
-  _globals['_GENERATEREQUEST']._serialized_end=758
-  _globals['_USAGE']._serialized_start=761
-  _globals['_USAGE']._serialized_end=892
-  _globals['_GENERATERESPONSE']._serialized_start=895
-  _globals['_GENERATERESPONSE']._serialized_end=1107
-  _globals['_GENERATERESULT']._serialized_start=1110
-  _globals['_GENERATERESULT']._serialized_end=1320
-  _globals['_ABORTREQUEST']._serialized_start=1322
-  _globals['_ABORTREQUEST']._serialized_end=1356
-  _globals['_ABORTRESPONSE']._serialized_start=1358
-  _globals['_ABORTRESPONSE']._serialized_end=1388
-  _globals['_MODELINFOREQUEST']._serialized_start=1390
-  _globals['_MODELINFOREQUEST']._serialized_end=1408
-  _globals['_MODELINFO']._serialized_start=1411
-  _globals['_MODELINFO']._serialized_end=1666
-  _globals['_GENERATION']._serialized_start=1854
-  _globals['_GENERATION']._serialized_end=2120
+  _globals['_SAMPLINGPARAMS']._serialized_end=655
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=453
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=501
+  _globals['_TOKENLOGPROBS']._serialized_start=657
+  _globals['_TOKENLOGPROBS']._serialized_end=734
+  _globals['_CHATMESSAGE']._serialized_start=736
+  _globals['_CHATMESSAGE']._serialized_end=780
+  _globals['_CHAT']._serialized_start=782
+  _globals['_CHAT']._serialized_end=890
+  _globals['_GENERATEREQUEST']._serialized_start=893
+  _globals['_GENERATEREQUEST']._serialized_end=1070
+  _globals['_USAGE']._serialized_start=1073
+  _globals['_USAGE']._serialized_end=1204
+  _globals['_GENERATERESPONSE']._serialized_start=1207
+  _globals['_GENERATERESPONSE']._serialized_end=1419
+  _globals['_GENERATERESULT']._serialized_start=1422
+  _globals['_GENERATERESULT']._serialized_end=1632
+  _globals['_ABORTREQUEST']._serialized_start=1634
+  _globals['_ABORTREQUEST']._serialized_end=1668
+  _globals['_ABORTRESPONSE']._serialized_start=1670
+  _globals['_ABORTRESPONSE']._serialized_end=1700
+  _globals['_MODELINFOREQUEST']._serialized_start=1702
+  _globals['_MODELINFOREQUEST']._serialized_end=1720
+  _globals['_MODELINFO']._serialized_start=1723
+  _globals['_MODELINFO']._serialized_end=1978
+  _globals['_GENERATION']._serialized_start=2166
+  _globals['_GENERATION']._serialized_end=2432
 # @@protoc_insertion_point(module_scope)
