@@ -21,6 +21,13 @@ def main(argv: list[str] | None = None) -> None:
         "--preset", default="tiny", help="tiny (default), tiny-gqa, llama2-7b, llama3.1-8b"
     )
     init.add_argument("--seed", type=int, default=0)
+    init.add_argument(
+        "--train-steps",
+        type=int,
+        default=0,
+        help="then train it this many steps on shipped text, so that it writes words "
+        "(the default model gets 300; 0: random weights, as the exactness tests use)",
+    )
 
     srv = sub.add_parser("serve", help="run the executors and the daemon as local processes")
     srv.add_argument("--model", type=Path, help="checkpoint dir (default: the tiny model)")
@@ -93,6 +100,14 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as e:
             sys.exit(f"apex init-model: {e}")
         print(f"apex: wrote the {args.preset} model to {out}")
+        if args.train_steps > 0:
+            from gpu_executor.model_train import train_briefly
+
+            r = train_briefly(out, steps=args.train_steps, seed=args.seed)
+            print(
+                f"apex: trained {args.train_steps} steps: loss {r['first_loss']:.2f} -> "
+                f"{r['last_loss']:.2f} in {r['seconds']:.0f} s"
+            )
         return
 
     try:  # the daemon checks them too; here a mistake is said before anything starts

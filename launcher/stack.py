@@ -8,6 +8,7 @@ next, and on Ctrl-C or SIGTERM stops the daemon first so that it can end its str
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -73,15 +74,26 @@ def default_model_dir() -> Path:
     return home / "models" / "tiny"
 
 
-def ensure_default_model() -> Path:
-    path = default_model_dir()
-    tokenizer_config = path / "tokenizer_config.json"
-    outdated = tokenizer_config.is_file() and "chat_template" not in tokenizer_config.read_text()
-    if not (path / "config.json").is_file() or outdated:  # made before it had a chat template
-        from gpu_executor.model_init import init_model  # torch only when needed
+DEFAULT_TRAIN_STEPS = 300  # enough for the tiny model to write words (~30 s on 2 cores)
 
-        print(f"apex: creating the default model in {path}", file=sys.stderr)
+
+def ensure_default_model() -> Path:
+    """The demo's model: made once (random weights, then a brief training run on shipped
+    text so that it writes words) and cached; made again if an older version of this
+    function made it (no chat template, not trained)."""
+    path = default_model_dir()
+    marker = path / "apex_preset.json"
+    current = marker.is_file() and json.loads(marker.read_text()).get("trained_steps")
+    if not current:
+        from gpu_executor.model_init import init_model  # torch only when needed
+        from gpu_executor.model_train import train_briefly
+
+        print(f"apex: creating the default model in {path} (about a minute, once)", file=sys.stderr)
         init_model(path)
+        train_briefly(path, steps=DEFAULT_TRAIN_STEPS)
+        marker.write_text(
+            json.dumps({**json.loads(marker.read_text()), "trained_steps": DEFAULT_TRAIN_STEPS})
+        )
     return path
 
 

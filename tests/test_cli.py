@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -46,6 +47,16 @@ def start_serve(model: Path, port: int, *extra: str) -> subprocess.Popen:
             break
     serve.kill()
     raise AssertionError("apex serve never said it was serving")
+
+
+def test_init_model_can_train_the_model_to_write_words(tmp_path):
+    """The demo's model learns the shipped text (the exactness tests keep random ones)."""
+    r = run(
+        str(BIN / "apex"), "init-model", str(tmp_path / "m"), "--train-steps", "40", timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    first, last = (float(x) for x in re.search(r"loss ([\d.]+) -> ([\d.]+)", r.stdout).groups())
+    assert last < first / 2, r.stdout
 
 
 def test_init_model_rejects_unknown_preset(tmp_path):
