@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -63,10 +64,29 @@ STOP_MARGIN_S = 10.0
 EXECUTOR_STOP_S = 10.0
 
 
+# Ports for servers are picked below the kernel's ephemeral range (32768-60999 by
+# default), where outgoing connections take their local ports: a port picked there can
+# be taken by a client's socket before the server binds it, and our servers refuse to
+# share a port. Each port is handed out once per process.
+SERVER_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+_rng = random.Random()  # its own: a test that seeds the global one must not repeat ports
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, that this process has not handed out before."""
+    for _ in range(1000):
+        port = _rng.choice(SERVER_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise LaunchError(f"no free port in {SERVER_PORTS.start}-{SERVER_PORTS.stop - 1} on {host}")
 
 
 def default_model_dir() -> Path:
