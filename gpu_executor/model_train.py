@@ -35,9 +35,7 @@ CHATS = (
 
 
 def chat_text() -> str:
-    return "".join(
-        f"<s><|user|>\n{q}</s>\n<|assistant|>\n{a}</s>\n" for q, a in CHATS
-    )
+    return "".join(f"<s><|user|>\n{q}</s>\n<|assistant|>\n{a}</s>\n" for q, a in CHATS)
 
 
 def training_text() -> str:
