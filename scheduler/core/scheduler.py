@@ -125,7 +125,7 @@ class Scheduler:
                 r.num_computed,
                 r.tier,
                 r.block_table,
-                self.banned(r),
+                self.banned(r) if r.sampling.min_tokens else (),
             )
             for r in decodes
         ]
