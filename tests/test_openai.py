@@ -122,6 +122,7 @@ INVALID = [
     ("frequency_penalty", {"frequency_penalty": 2.5}),
     ("logit_bias", {"logit_bias": {"nope": 10}}),
     ("logit_bias", {"logit_bias": {"5": 101}}),
+    ("logit_bias", {"logit_bias": {"": "not a number"}}),
     ("min_tokens", {"max_tokens": 4, "extra_body": {"min_tokens": 5}}),
     ("temperature", {"temperature": -1}),
     ("max_tokens", {"max_tokens": 0}),

@@ -42,7 +42,9 @@ def validation_error(exc: RequestValidationError | ValidationError) -> ApiError:
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
     # A field that does not match any member of a union names the member too: keep the
     # field's own path.
-    path = ".".join(x for x in loc if not x[0].isupper() and not x.startswith(("list[", "str")))
+    path = ".".join(
+        x for x in loc if x and not x[0].isupper() and not x.startswith(("list[", "str"))
+    )
     if first.get("type") == "extra_forbidden":
         return invalid(path, "this server does not support this field")
     if first.get("type") == "json_invalid":
