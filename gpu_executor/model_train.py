@@ -11,6 +11,7 @@ default model of `apex serve` / `make demo` are trained.
 from __future__ import annotations
 
 import importlib
+import json
 import time
 from pathlib import Path
 
@@ -79,4 +80,7 @@ def train_briefly(
         losses.append(float(loss.detach()))
     model.eval()
     model.save_pretrained(str(model_dir), safe_serialization=True)
+    marker = model_dir / "apex_preset.json"  # what init_model made, and now how it was trained
+    made = json.loads(marker.read_text()) if marker.is_file() else {}
+    marker.write_text(json.dumps({**made, "trained_steps": steps}))
     return {"first_loss": losses[0], "last_loss": losses[-1], "seconds": time.perf_counter() - t0}

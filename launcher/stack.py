@@ -110,10 +110,7 @@ def ensure_default_model() -> Path:
 
         print(f"apex: creating the default model in {path} (about a minute, once)", file=sys.stderr)
         init_model(path)
-        train_briefly(path, steps=DEFAULT_TRAIN_STEPS)
-        marker.write_text(
-            json.dumps({**json.loads(marker.read_text()), "trained_steps": DEFAULT_TRAIN_STEPS})
-        )
+        train_briefly(path, steps=DEFAULT_TRAIN_STEPS)  # records trained_steps in the marker
     return path
 
 

@@ -119,7 +119,7 @@ def engine_request(served: Served, body: SamplingFields, ids: list[int], limit: 
         logit_bias=body.logit_bias,
         min_tokens=body.min_tokens,
     )
-    return Request(f"{uuid.uuid4().hex}", ids, sampling)
+    return Request(uuid.uuid4().hex, ids, sampling)
 
 
 def chat_prompt(served: Served, messages: list, add_generation_prompt: bool) -> list[int]:
