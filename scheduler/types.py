@@ -103,6 +103,9 @@ class Request:
     failed_steps: int = 0  # executor steps that carried it and failed
     first_token_time: float | None = None
     finish_time: float | None = None
+    # The samples of one prompt (`n` > 1), this one included, in one list they share:
+    # a sample admitted after another one's prefill holds that one's prompt blocks.
+    siblings: list[Request] | None = field(default=None, repr=False, compare=False)
 
     @property
     def all_ids(self) -> list[int]:

@@ -116,7 +116,8 @@ def test_completions_take_text_and_token_ids(stack, models):
 INVALID = [
     ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}),
     ("response_format", {"response_format": {"type": "json_object"}}),
-    ("n", {"n": 2}),
+    ("n", {"n": 0}),
+    ("n", {"n": 65}),
     ("top_logprobs", {"logprobs": True, "top_logprobs": 21}),
     ("top_logprobs", {"top_logprobs": 2}),
     ("frequency_penalty", {"frequency_penalty": 2.5}),
@@ -270,6 +271,11 @@ def labelled(text: str, name: str) -> tuple[str, float]:
     return labels, float(value)
 
 
+def value(text: str, name: str) -> float:
+    """The value of the unlabelled sample `name`."""
+    return float(next(ln for ln in text.splitlines() if ln.startswith(name + " ")).split()[1])
+
+
 def test_the_metrics_an_inference_gateway_routes_on(stack):
     model = name(stack)
     before = scrape(stack)
@@ -392,3 +398,38 @@ def test_penalties_logit_bias_and_min_tokens_follow_their_formulas(which, models
     got = run(extra_body={"stop_token_ids": [stop], "ignore_eos": True, "min_tokens": 6})
     assert len(got) >= 6 and stop not in got[:6]
     assert got == hf_processed_greedy(model, prompt, n, min_tokens=6, stop_ids=[stop])
+
+
+@pytest.mark.parametrize("which", ["stack", "cpu_stack"])
+def test_n_samples_prefill_once_and_each_equals_its_seed_alone(which, models, request):
+    """Sample i of `n` draws with seed + i: the same tokens as that seed alone, again
+    on a second run and when streamed; the prompt's whole blocks are computed once."""
+    stack = request.getfixturevalue(which)
+    n = 2 if which == "stack" else 3  # the first stack's queue holds 2
+    c = client(stack)
+    body = {"ignore_eos": True, "return_token_ids": True}
+    kw = dict(model=name(stack), messages=MESSAGES, max_tokens=6, temperature=1.5, seed=11)
+    before = scrape(stack)
+    together = c.chat.completions.create(n=n, **kw, extra_body=body)
+    after = scrape(stack)
+    assert [ch.index for ch in together.choices] == list(range(n))
+    got = [extra(ch, "token_ids") for ch in together.choices]
+    assert together.usage.completion_tokens == 6 * n and len({tuple(g) for g in got}) > 1
+    alone = [
+        extra(
+            c.chat.completions.create(**{**kw, "seed": 11 + i}, extra_body=body).choices[0],
+            "token_ids",
+        )
+        for i in range(n)
+    ]
+    assert got == alone
+    streamed: dict[int, list[int]] = {i: [] for i in range(n)}
+    for chunk in c.chat.completions.create(n=n, **kw, stream=True, extra_body=body):
+        for ch in chunk.choices:
+            streamed[ch.index] += (ch.model_extra or {}).get("token_ids") or []
+    assert [streamed[i] for i in range(n)] == got
+    length = len(chat_prompt_ids(models["tiny" if which == "stack" else "tiny-gqa"], MESSAGES))
+    shared = (length - 1) // 16 * 16
+    metric = "apex_prompt_tokens_prefilled_total"
+    prefilled = value(after, metric) - value(before, metric)
+    assert shared > 0 and prefilled == length + (n - 1) * (length - shared)

@@ -159,6 +159,16 @@ class EngineCollector:
         yield CounterMetricFamily(
             "apex_preemptions", "Requests preempted for recompute", value=st.preemptions
         )
+        yield CounterMetricFamily(
+            "apex_prompt_tokens_prefilled",
+            "Prompt tokens the GPU computed (again after a preemption)",
+            value=st.prompt_tokens_prefilled,
+        )
+        yield CounterMetricFamily(
+            "apex_prompt_tokens_shared",
+            "Prompt tokens a sample (n > 1) took from another sample's KV blocks",
+            value=st.prompt_tokens_shared,
+        )
         mig = CounterMetricFamily(
             "apex_migrations", "Requests moved between KV tiers", labels=["direction"]
         )

@@ -119,7 +119,7 @@ class Completions(OpenAIApi):
                     ids = text_prompt(p, field_name, self.served.tokenizer, self.served.limits)
                 else:
                     ids = id_prompt(list(p), field_name, self.served.limits)
-                requests.append(engine_request(self.served, body, ids, body.max_tokens))
+                requests += engine_request(self.served, body, ids, body.max_tokens)
             except InvalidRequest as e:
                 raise invalid(e.field, str(e).split(": ", 1)[1]) from e
         return submit(self.served, requests)
@@ -155,13 +155,13 @@ class ChatCompletions(OpenAIApi):
         check(self.served, body)
         try:
             ids = chat_prompt(self.served, body.messages, body.add_generation_prompt)
-            req = engine_request(self.served, body, ids, body.token_limit())
+            requests = engine_request(self.served, body, ids, body.token_limit())
         except InvalidRequest as e:
             field_name = e.field
             if e.field == "max_tokens" and body.max_completion_tokens is not None:
                 field_name = "max_completion_tokens"
             raise invalid(field_name, str(e).split(": ", 1)[1]) from e
-        return submit(self.served, [req])
+        return submit(self.served, requests)
 
     def content(self, c: Choice) -> dict:
         return {"message": {"role": "assistant", "content": "".join(c.text)}}

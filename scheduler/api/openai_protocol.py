@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_N = 64  # samples per prompt: each is a running request of its own
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,7 +48,7 @@ class SamplingFields(Strict):
     model: str
     temperature: float | None = None
     top_p: float | None = None
-    n: int = 1
+    n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -73,8 +75,6 @@ class SamplingFields(Strict):
 
     def unsupported(self) -> tuple[str, str] | None:
         """(field, why) for the first field set to something the engine does not do yet."""
-        if self.n != 1:
-            return "n", "only n=1 is supported for now"
         return None
 
 

@@ -9,6 +9,7 @@ aborted at once, so their KV blocks are free again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from scheduler.engine.outputs import (
     Rejected,
     RequestStream,
 )
-from scheduler.types import ErrorCode, FinishReason, Request, TokenLogprob
+from scheduler.types import ErrorCode, FinishReason, Request, SamplingConfig, TokenLogprob
 
 FINISH = {
     FinishReason.LENGTH: "length",
@@ -119,7 +120,20 @@ def engine_request(served: Served, body: SamplingFields, ids: list[int], limit: 
         logit_bias=body.logit_bias,
         min_tokens=body.min_tokens,
     )
-    return Request(uuid.uuid4().hex, ids, sampling)
+    return samples(ids, sampling, body.n)
+
+
+def samples(ids: list[int], sampling: SamplingConfig, n: int) -> list[Request]:
+    """`n` requests for one prompt: sample i draws with seed + i (each equals a request
+    of that seed alone), and they share the prompt's KV blocks once it is computed."""
+    rid = uuid.uuid4().hex
+    if n == 1:
+        return [Request(rid, ids, sampling)]
+    group: list[Request] = []
+    for i in range(n):
+        sp = dataclasses.replace(sampling, seed=sampling.seed + i)
+        group.append(Request(f"{rid}-{i}", ids, sp, siblings=group))
+    return group
 
 
 def chat_prompt(served: Served, messages: list, add_generation_prompt: bool) -> list[int]:

@@ -20,6 +20,7 @@ from itertools import chain
 
 from scheduler.core.block_manager import BlockAllocator
 from scheduler.core.config import SchedulerConfig, forced
+from scheduler.core.prompt_sharing import lends_prompt, prompt_blocks
 from scheduler.core.view import PolicyPort, SchedulerView
 from scheduler.types import (
     FinishReason,
@@ -54,6 +55,8 @@ class Scheduler:
         self.num_preemptions = 0
         self.num_swap_outs = 0
         self.num_swap_ins = 0
+        self.num_prompt_tokens_prefilled = 0  # prompt tokens computed (again, if preempted)
+        self.num_prompt_tokens_shared = 0  # held from another sample's prompt blocks
         self._out: list[tuple[int, int]] = []
         self._in: list[tuple[int, int]] = []
         # GPU blocks free once GPU requests have grown to the end (None: not counted yet)
@@ -197,6 +200,8 @@ class Scheduler:
         for req in [*decodes, *self.swapped]:
             if req.target_tier is None or req.target_tier is req.tier:
                 continue
+            if req.tier is Tier.GPU and lends_prompt(req):
+                continue  # it moves once its prompt's other samples hold the blocks too
             if self.move(req, req.target_tier) and req.status is Status.SWAPPED:
                 self.resume(req, decodes)
 
@@ -278,23 +283,30 @@ class Scheduler:
             self.count_future_free(self.running)
         while self.waiting and len(self.running) < cfg.max_num_seqs:
             req = self.waiting[0]
-            n = req.num_tokens
+            prefix = prompt_blocks(req, admitted, cfg.block_size)
+            if prefix is None:
+                break  # another sample of its prompt is prefilled now: it shares that
+            start = len(prefix) * cfg.block_size
+            n = req.num_tokens - start
             if n > budget and budget < cfg.max_num_batched_tokens:
                 break  # wait for the next iteration's budget; never starve a long prompt
-            need = cfg.blocks_for(n)
+            need = cfg.blocks_for(req.num_tokens) - len(prefix)
             if need > self.gpu.num_free:
                 break
             target = req.target_tier if req.pinned else self.place(req, admitted)
             if target is None:
                 break  # the policy holds it (and, FCFS, those behind it) back
             self.waiting.popleft()
-            req.block_table = self.gpu.allocate(need)
+            req.block_table = self.gpu.share(prefix) + self.gpu.allocate(need)
             req.tier = Tier.GPU
             req.status = Status.RUNNING
             req.target_tier = target if target is Tier.CPU else None
             self.running.append(req)
             admitted.append(req)
-            seqs.append(SeqPlan(req, req.all_ids, 0, Tier.GPU, req.block_table, self.banned(req)))
+            fed = req.tokens_from(start)
+            self.num_prompt_tokens_prefilled += max(0, len(req.prompt_ids) - start)
+            self.num_prompt_tokens_shared += start
+            seqs.append(SeqPlan(req, fed, start, Tier.GPU, req.block_table, self.banned(req)))
             budget -= n
         return seqs
 

@@ -356,6 +356,8 @@ class Engine:
             preemptions=s.num_preemptions,
             swap_outs=s.num_swap_outs,
             swap_ins=s.num_swap_ins,
+            prompt_tokens_prefilled=s.num_prompt_tokens_prefilled,
+            prompt_tokens_shared=s.num_prompt_tokens_shared,
             tokens_per_s=st.tokens_per_s(),
             uptime_s=time.monotonic() - st.started,
             last_strategy=st.last_strategy,

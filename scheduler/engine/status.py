@@ -65,6 +65,8 @@ class EngineStatus:
     preemptions: int
     swap_outs: int
     swap_ins: int
+    prompt_tokens_prefilled: int
+    prompt_tokens_shared: int
     tokens_per_s: float
     uptime_s: float
     last_strategy: str
