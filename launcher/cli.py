@@ -83,6 +83,25 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         help="on SIGTERM or Ctrl-C, how long in-flight requests may take (default 30)",
     )
+    srv.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="stacks, one per GPU, behind vllm-router on --http-port (replica i: gRPC on "
+        "--port + i, HTTP on --http-port + 1 + i); default 1: one stack, no router",
+    )
+    srv.add_argument(
+        "--router-policy",
+        default="power_of_two",
+        choices=["power_of_two", "round_robin", "random", "cache_aware", "consistent_hash"],
+        help="how vllm-router picks a replica (default power_of_two, on their /get_load)",
+    )
+    srv.add_argument(
+        "--router-health-interval-s",
+        type=int,
+        default=5,
+        help="seconds between the router's health checks and load polls (default 5)",
+    )
     srv.add_argument("--tls-cert", help="PEM certificate: the daemon serves TLS")
     srv.add_argument("--tls-key", help="PEM private key for --tls-cert")
     srv.add_argument(
@@ -163,7 +182,46 @@ def main(argv: list[str] | None = None) -> None:
             cpu_args += ["--host-reserve-gb", str(args.host_reserve_gb)]
     elif args.placement == "cpu":
         sys.exit("apex serve: --placement cpu needs a CPU tier (--cpu-kv-gb > 0)")
+    if args.replicas != 1:
+        sys.exit(serve_replicated(args, model, executor_args, scheduler_args, cpu_args))
     sys.exit(stack.serve(model, args.host, args.port, executor_args, scheduler_args, cpu_args))
+
+
+def serve_replicated(
+    args: argparse.Namespace,
+    model: Path,
+    executor_args: list[str],
+    scheduler_args: list[str],
+    cpu_args: list[str] | None,
+) -> int:
+    """--replicas N: the router takes --http-port, the replicas the ports after it."""
+    from launcher.replicas import RouterOptions, serve_replicas
+
+    if args.replicas < 1:
+        sys.exit(f"apex serve: --replicas must be >= 1, got {args.replicas}")
+    if args.http_port == 0:
+        sys.exit("apex serve: --replicas needs the HTTP API (--http-port > 0): the router uses it")
+    if args.tls_cert:
+        sys.exit("apex serve: --replicas with --tls-cert is not supported (the router speaks HTTP)")
+    i = scheduler_args.index("--http-port")
+    del scheduler_args[i : i + 2]
+    try:
+        router = RouterOptions(
+            args.host, args.http_port, args.router_policy, args.router_health_interval_s
+        )
+    except ValueError as e:
+        sys.exit(f"apex serve: {e}")
+    return serve_replicas(
+        model,
+        args.replicas,
+        router,
+        args.host,
+        args.port,
+        args.http_port + 1,
+        executor_args,
+        scheduler_args,
+        cpu_args,
+    )
 
 
 if __name__ == "__main__":

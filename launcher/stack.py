@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.grpc_server import LAUNCHER_PID, check_health, port_taken
@@ -39,6 +39,7 @@ class Child:
     address: str
     argv: list[str]
     log_file: object = None
+    env: dict[str, str] = field(default_factory=dict)  # over the launcher's own
 
     def flag(self, name: str) -> str | None:
         """The value this child was started with for `name`, if any."""
@@ -114,15 +115,18 @@ def ensure_default_model() -> Path:
     return path
 
 
-def start(name: str, argv: list[str], address: str, log_file=None) -> Child:
+def start(
+    name: str, argv: list[str], address: str, log_file=None, env: dict[str, str] | None = None
+) -> Child:
+    """`python -m argv` with `env` over ours; the child ends if the launcher dies."""
     proc = subprocess.Popen(
         [sys.executable, "-m", *argv],
         stdout=log_file,
         stderr=subprocess.STDOUT if log_file else None,
         start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
-        env={**os.environ, LAUNCHER_PID: str(os.getpid())},  # they end if the launcher dies
+        env={**os.environ, **(env or {}), LAUNCHER_PID: str(os.getpid())},
     )
-    return Child(name, proc, address, list(argv), log_file)
+    return Child(name, proc, address, list(argv), log_file, env or {})
 
 
 def restart_crashed(children: list[Child], restarts: dict[str, int]) -> None:
@@ -146,7 +150,7 @@ def restart_crashed(children: list[Child], restarts: dict[str, int]) -> None:
             file=sys.stderr,
             flush=True,
         )
-        children[i] = start(child.name, child.argv, child.address, child.log_file)
+        children[i] = start(child.name, child.argv, child.address, child.log_file, child.env)
 
 
 def wait_healthy(child: Child, timeout_s: float) -> None:
@@ -207,6 +211,76 @@ class LocalStack:
     http_url: str = ""  # the OpenAI-compatible API's base, without /v1; empty: off
 
 
+@dataclass(frozen=True)
+class StackPlan:
+    """What to start, in order: (name, address, argv) per process, and where the daemon
+    answers; kept so that a supervisor can start the same stack again on its ports."""
+
+    processes: list[tuple[str, str, list[str]]]
+    address: str
+    executor_address: str
+    http_url: str
+
+
+def stack_plan(
+    model: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    executor_args: Sequence[str] = (),
+    scheduler_args: Sequence[str] = (),
+    cpu_executor_args: Sequence[str] | None = None,
+) -> StackPlan:
+    """The processes of one stack on fixed ports (port 0: a free one)."""
+    ex_addr = f"127.0.0.1:{free_port()}"
+    port = port or free_port(host)
+    if "--http-port" not in scheduler_args:  # never the default 8000 of another stack
+        scheduler_args = [*scheduler_args, "--http-port", str(free_port(host))]
+    client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    plan: list[tuple[str, str, list[str]]] = []
+    if cpu_executor_args is not None:
+        cpu_addr = f"127.0.0.1:{free_port()}"
+        cpu_argv = ["cpu_executor.server", "--port", cpu_addr.split(":")[1]]
+        plan.append(("cpu-executor", cpu_addr, [*cpu_argv, *cpu_executor_args]))
+        scheduler_args = ["--cpu-executor", cpu_addr, *scheduler_args]
+    gpu_argv = ["gpu_executor.server", "--model", str(model), "--port", ex_addr.split(":")[1]]
+    plan.append(("gpu-executor", ex_addr, [*gpu_argv, *executor_args]))
+    daemon = ["scheduler.api.daemon", "--model", str(model), "--host", host, "--port", str(port)]
+    plan.append(("scheduler", f"{client_host}:{port}", [*daemon, "--gpu-executor", ex_addr]))
+    plan[-1][2].extend(scheduler_args)
+    http_port = plan[-1][2][plan[-1][2].index("--http-port") + 1]
+    http = f"http://{client_host}:{http_port}" if http_port != "0" else ""
+    return StackPlan(plan, f"{client_host}:{port}", ex_addr, http)
+
+
+def launch(
+    plan: StackPlan,
+    log_dir: Path | None = None,
+    start_timeout_s: float = 300.0,
+    env: dict[str, str] | None = None,
+) -> list[Child]:
+    """Start the plan's processes in order, each healthy before the next; on failure
+    the ones started are stopped again."""
+    children: list[Child] = []
+    try:
+        for name, address, argv in plan.processes:
+            log_file = None
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                log_file = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115
+            children.append(start(name, argv, address, log_file, env))
+            wait_healthy(children[-1], start_timeout_s)
+    except BaseException:
+        stop(children)
+        raise
+    return children
+
+
+def close_logs(children: list[Child]) -> None:
+    for child in children:
+        if child.log_file is not None:
+            child.log_file.close()
+
+
 @contextlib.contextmanager
 def local_stack(
     model: Path,
@@ -225,73 +299,19 @@ def local_stack(
     With log_dir, each process logs to its own file there; without, they share the
     caller's terminal.
     """
-    children: list[Child] = []
-    logs: list = []
+    plan = stack_plan(model, host, port, executor_args, scheduler_args, cpu_executor_args)
+    children = launch(plan, log_dir, start_timeout_s)
+    watcher = None
     try:
-        ex_addr = f"127.0.0.1:{free_port()}"
-        port = port or free_port(host)
-        if "--http-port" not in scheduler_args:  # never the default 8000 of another stack
-            scheduler_args = [*scheduler_args, "--http-port", str(free_port(host))]
-        client_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        plan: list[tuple[str, str, list[str]]] = []
-        if cpu_executor_args is not None:
-            cpu_addr = f"127.0.0.1:{free_port()}"
-            cpu_argv = ["cpu_executor.server", "--port", cpu_addr.split(":")[1]]
-            plan.append(("cpu-executor", cpu_addr, [*cpu_argv, *cpu_executor_args]))
-            scheduler_args = ["--cpu-executor", cpu_addr, *scheduler_args]
-        plan += [
-            (
-                "gpu-executor",
-                ex_addr,
-                [
-                    "gpu_executor.server",
-                    "--model",
-                    str(model),
-                    "--port",
-                    ex_addr.split(":")[1],
-                    *executor_args,
-                ],
-            ),
-            (
-                "scheduler",
-                f"{client_host}:{port}",
-                [
-                    "scheduler.api.daemon",
-                    "--model",
-                    str(model),
-                    "--host",
-                    host,
-                    "--port",
-                    str(port),
-                    "--gpu-executor",
-                    ex_addr,
-                    *scheduler_args,
-                ],
-            ),
-        ]
-        for name, address, argv in plan:
-            log_file = None
-            if log_dir is not None:
-                log_dir.mkdir(parents=True, exist_ok=True)
-                log_file = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115
-                logs.append(log_file)
-            children.append(start(name, argv, address, log_file))
-            wait_healthy(children[-1], start_timeout_s)
-        watcher = None
         if supervise:
             watcher = Watcher(children)
             watcher.start()
-        try:
-            http_port = children[-1].flag("--http-port")
-            http = f"http://{client_host}:{http_port}" if http_port not in (None, "0") else ""
-            yield LocalStack(children[-1].address, ex_addr, children, http)
-        finally:
-            if watcher is not None:
-                watcher.halt()
+        yield LocalStack(plan.address, plan.executor_address, children, plan.http_url)
     finally:
+        if watcher is not None:
+            watcher.halt()
         stop(children)
-        for f in logs:
-            f.close()
+        close_logs(children)
 
 
 def serve(

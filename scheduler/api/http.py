@@ -3,9 +3,10 @@ daemon's event loop: no extra process, no hop per token).
 
 Routes: POST /v1/chat/completions and /v1/completions (whole or as server-sent events),
 GET /v1/models, GET /health, GET /metrics (the daemon's Prometheus registry), POST
-/tokenize and /detokenize, GET /version. Errors come in OpenAI's shape
-({"error": {"message", "type", "param", "code"}}); the bearer token, when one is set, is
-the generation token (what the openai SDK sends as its api_key).
+/tokenize and /detokenize, GET /version, GET /get_load (what load-aware routers poll).
+Errors come in OpenAI's shape ({"error": {"message", "type", "param", "code"}}); the
+bearer token, when one is set, is the generation token (what the openai SDK sends as
+its api_key).
 """
 
 from __future__ import annotations
@@ -133,6 +134,18 @@ def create_app(served: Served, token: str, registry: CollectorRegistry) -> FastA
     async def health():
         draining = served.engine.status().draining
         return Response(status_code=503 if draining else 200)
+
+    @app.get("/get_load")
+    async def get_load():
+        """What load-aware routers poll (vllm-router's power_of_two reads `load`):
+        requests held, running or waiting; open like /health, for the same probes."""
+        st = served.engine.status()
+        held = st.num_running + st.num_swapped
+        return {
+            "load": held + st.num_waiting,
+            "num_reqs": held,
+            "num_waiting_reqs": st.num_waiting,
+        }
 
     @app.get("/metrics")
     async def metrics():

@@ -15,6 +15,20 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_N = 64  # samples per prompt: each is a running request of its own
 
 
+# The SGLang fields routers add, at the value this server behaves as: stop strings cut
+# from the text, special tokens skipped, no hidden states, a new assistant turn, and no
+# reasoning parser (so the reasoning switches change nothing at these values).
+ROUTER_DEFAULTS = {
+    "no_stop_trim": False,
+    "skip_special_tokens": True,
+    "return_hidden_states": False,
+    "continue_final_message": False,
+    "separate_reasoning": True,
+    "stream_reasoning": True,
+    "include_reasoning": True,
+}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,6 +78,17 @@ class SamplingFields(Strict):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     return_token_ids: bool = False  # vLLM: the prompt's and each choice's token ids
+    # The routers in front of a replica (vllm-router, sglang-router) parse a request
+    # into their own model and send it on with these SGLang fields set to their
+    # defaults. Each is taken at that default, which is what this server does anyway,
+    # and refused at any other value.
+    no_stop_trim: bool | None = None
+    skip_special_tokens: bool | None = None
+    return_hidden_states: bool | None = None
+    continue_final_message: bool | None = None
+    separate_reasoning: bool | None = None
+    stream_reasoning: bool | None = None
+    include_reasoning: bool | None = None
 
     def stops(self) -> list[str]:
         if self.stop is None:
@@ -75,6 +100,10 @@ class SamplingFields(Strict):
 
     def unsupported(self) -> tuple[str, str] | None:
         """(field, why) for the first field set to something the engine does not do yet."""
+        for name, default in ROUTER_DEFAULTS.items():
+            value = getattr(self, name)
+            if value is not None and value != default:
+                return name, f"only {str(default).lower()} is supported"
         return None
 
 
