@@ -21,10 +21,10 @@ COPY benchmarks ./benchmarks
 
 ARG TORCH_SPEC="torch==2.13.0"
 RUN pip install --no-cache-dir ${TORCH_SPEC} \
-    && pip install --no-cache-dir -e '.[executor]'
+    && pip install --no-cache-dir -e '.[executor,router]'
 # The CPU kernels are compiled for the machine that runs them: at first start, into the
 # cache volume, not at build time (-march=native on the build host could crash elsewhere).
 ENV APEX_NATIVE_DIR=/cache/native APEX_HOME=/cache
 
-EXPOSE 50051 9400
+EXPOSE 50051 8000 9400
 CMD ["apex-scheduler", "--help"]

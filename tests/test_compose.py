@@ -23,34 +23,59 @@ def compose() -> dict:
 
 def expand(value: str) -> str:
     """${VAR:-default} -> default, ${VAR:?msg} -> VAR (as compose would, with VAR unset)."""
-    value = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
-    return re.sub(r"\$\{([A-Z_]+):\?[^}]*\}", r"\1", value)
+    value = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{([A-Z0-9_]+):\?[^}]*\}", r"\1", value)
 
 
-def test_three_services_with_the_shared_memory_wiring(compose):
+REPLICAS = [
+    ("scheduler", "gpu-executor", "cpu-executor"),
+    ("scheduler-1", "gpu-executor-1", "cpu-executor-1"),
+]
+DAEMONS = [r[0] for r in REPLICAS]
+
+
+def test_two_replicas_each_with_the_shared_memory_wiring(compose):
     svc = compose["services"]
-    assert set(svc) == {"scheduler", "gpu-executor", "cpu-executor"}
-    cpu, gpu = svc["cpu-executor"], svc["gpu-executor"]
-    assert cpu["ipc"] == "shareable" and expand(cpu["shm_size"]).endswith("gb")
-    assert gpu["ipc"] == "service:cpu-executor"  # the exchange and tier segments
-    assert gpu["network_mode"] == "service:cpu-executor"
-    assert gpu["depends_on"]["cpu-executor"]["condition"] == "service_healthy"
-    assert svc["scheduler"]["depends_on"]["gpu-executor"]["condition"] == "service_healthy"
-    # the CPU tier asked of the daemon fits the shm given to the CPU executor
-    sched = [expand(a) for a in svc["scheduler"]["command"]]
-    tier_gb = float(sched[sched.index("--cpu-kv-gb") + 1])
-    assert tier_gb < float(expand(cpu["shm_size"]).removesuffix("gb"))
+    assert set(svc) == {name for r in REPLICAS for name in r} | {"router"}
+    for sched_name, gpu_name, cpu_name in REPLICAS:
+        cpu, gpu, sched = svc[cpu_name], svc[gpu_name], svc[sched_name]
+        assert cpu["ipc"] == "shareable" and expand(cpu["shm_size"]).endswith("gb")
+        assert gpu["ipc"] == f"service:{cpu_name}"  # the exchange and tier segments
+        assert gpu["network_mode"] == f"service:{cpu_name}"
+        assert gpu["depends_on"][cpu_name]["condition"] == "service_healthy"
+        assert sched["depends_on"][gpu_name]["condition"] == "service_healthy"
+        # each daemon drives its own replica's executors
+        command = [expand(a) for a in sched["command"]]
+        assert command[command.index("--gpu-executor") + 1] == f"{cpu_name}:50061"
+        assert command[command.index("--cpu-executor") + 1] == f"{cpu_name}:50071"
+        # the CPU tier asked of the daemon fits the shm given to the CPU executor
+        tier_gb = float(command[command.index("--cpu-kv-gb") + 1])
+        assert tier_gb < float(expand(cpu["shm_size"]).removesuffix("gb"))
+
+
+def test_the_router_fronts_every_replica_s_http_api(compose):
+    svc = compose["services"]
+    router = [expand(a) for a in svc["router"]["command"]]
+    urls = router[router.index("--worker-urls") + 1 : router.index("--policy")]
+    for daemon in DAEMONS:
+        command = svc[daemon]["command"]
+        assert f"http://{daemon}:{command[command.index('--http-port') + 1]}" in urls
+        assert svc["router"]["depends_on"][daemon]["condition"] == "service_healthy"
+        assert not any(p.endswith(":8000") for p in svc[daemon]["ports"])  # behind it
+    assert "8000:8000" in [expand(p) for p in svc["router"]["ports"]]
+    assert router[router.index("--port") + 1] == "8000"
 
 
 def test_stop_leaves_the_daemon_its_whole_drain_grace(compose):
     """compose stops a service before those it depends on, each within its
     stop_grace_period: the daemon's drain must fit inside it, executors still up."""
-    sched = compose["services"]["scheduler"]
-    command = [expand(a) for a in sched["command"]]
-    grace = float(command[command.index("--drain-grace-s") + 1])
-    period = sched["stop_grace_period"]
-    assert period.endswith("s") and float(period.removesuffix("s")) >= grace + 5
-    assert "gpu-executor" in sched["depends_on"]
+    for daemon, gpu, _ in REPLICAS:
+        sched = compose["services"][daemon]
+        command = [expand(a) for a in sched["command"]]
+        grace = float(command[command.index("--drain-grace-s") + 1])
+        period = sched["stop_grace_period"]
+        assert period.endswith("s") and float(period.removesuffix("s")) >= grace + 5
+        assert gpu in sched["depends_on"]
 
 
 def test_every_command_exists_and_takes_its_flags(compose):
@@ -68,6 +93,10 @@ def test_every_command_exists_and_takes_its_flags(compose):
 def test_healthchecks_use_grpc_health(compose):
     for name, svc in compose["services"].items():
         test = svc["healthcheck"]["test"]
+        if name == "router":  # HTTP, on the port it serves
+            port = svc["command"][svc["command"].index("--port") + 1]
+            assert f"127.0.0.1:{port}/health" in test[-1]
+            continue
         assert test[:2] == ["CMD", "apexctl"] and test[-1] == "health", name
         port = test[test.index("--address") + 1].rsplit(":", 1)[1]
         cmd = svc["command"]
@@ -77,28 +106,33 @@ def test_healthchecks_use_grpc_health(compose):
 
 def test_model_volume_ports_and_tokens(compose):
     svc = compose["services"]
-    for name in ("scheduler", "gpu-executor"):
+    for name in (n for r in REPLICAS for n in r[:2]):
         cmd = svc[name]["command"]
         model = cmd[cmd.index("--model") + 1]
         mounts = [expand(v).split(":")[1] for v in svc[name]["volumes"]]
         assert model in mounts, f"{name} reads {model}, which is not mounted"
-    env = svc["scheduler"]["environment"]
-    assert {"APEX_GENERATION_TOKEN", "APEX_ADMIN_TOKEN"} <= set(env)
-    # measured profiles outlive the container: their folder is on a named volume
-    volumes = [expand(v).split(":") for v in svc["scheduler"]["volumes"]]
-    assert any(
-        env["APEX_PROFILE_DIR"].startswith(dst + "/") and src in compose["volumes"]
-        for src, dst, *_ in volumes
-    )
-    ports = [expand(p) for p in svc["scheduler"]["ports"]]
-    assert "50051:50051" in ports and "9400:9400" in ports
-    assert svc["scheduler"]["stop_grace_period"] == "40s"
+    for daemon in DAEMONS:
+        env = svc[daemon]["environment"]
+        assert {"APEX_GENERATION_TOKEN", "APEX_ADMIN_TOKEN"} <= set(env)
+        # measured profiles outlive the container: their folder is on a named volume
+        volumes = [expand(v).split(":") for v in svc[daemon]["volumes"]]
+        assert any(
+            env["APEX_PROFILE_DIR"].startswith(dst + "/") and src in compose["volumes"]
+            for src, dst, *_ in volumes
+        )
+        assert svc[daemon]["stop_grace_period"] == "40s"
+    ports = [[expand(p) for p in svc[d]["ports"]] for d in DAEMONS]
+    assert ports == [["50051:50051", "9400:9400"], ["50052:50051", "9401:9400"]]
 
 
-def test_gpu_overlay_reserves_a_gpu():
+def test_gpu_overlay_reserves_a_gpu_per_replica():
     overlay = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())
-    devices = overlay["services"]["gpu-executor"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    ids = []
+    for _, gpu, _ in REPLICAS:
+        devices = overlay["services"][gpu]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+        ids += devices[0]["device_ids"]
+    assert ids == ["0", "1"]
 
 
 def test_dockerfile_copies_what_exists():
@@ -108,4 +142,4 @@ def test_dockerfile_copies_what_exists():
     for line in copies:
         for src in line.split():
             assert (ROOT / src).exists(), f"Dockerfile copies {src}, which does not exist"
-    assert "torch==2.13.0" in text and ".[executor]" in text
+    assert "torch==2.13.0" in text and ".[executor,router]" in text

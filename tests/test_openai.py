@@ -129,6 +129,7 @@ INVALID = [
     ("max_tokens", {"max_tokens": 0}),
     ("max_tokens", {"max_tokens": 10**6}),
     ("bogus_field", {"extra_body": {"bogus_field": 1}}),
+    ("no_stop_trim", {"extra_body": {"no_stop_trim": True}}),  # routers send false
 ]
 
 
