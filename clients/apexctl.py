@@ -13,7 +13,13 @@ from pathlib import Path
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from clients import apexctl_bench, apexctl_generate, apexctl_policy, apexctl_profile
+from clients import (
+    apexctl_bench,
+    apexctl_capacity,
+    apexctl_generate,
+    apexctl_policy,
+    apexctl_profile,
+)
 from clients.apex_client import DEFAULT_ADDRESS, ApexClient
 from clients.cli_output import as_dict
 from common.grpc_server import check_health
@@ -123,6 +129,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     policies = args.policies.split(",")
     if set(policies) - set(POLICIES):
         sys.exit(f"apexctl simulate: policies must be among {POLICIES}")
+    if args.slo_ttft_s or args.slo_tpot_ms:
+        return apexctl_capacity.cmd_capacity(args, profile, WORKLOADS[args.workload], policies)
     results = [
         simulate(
             profile,
@@ -220,9 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--workload", default="chat", help="chat, cot or neo")
     sim.add_argument("--policies", default="gpu-only,neo,apex")
     sim.add_argument("--tpot-slo-ms", type=float, default=0.0, help="apex's bound (0: default)")
-    sim.add_argument("--requests", type=int, default=200)
+    sim.add_argument("--requests", type=int, default=200, help="per run (per rate, with an SLO)")
     sim.add_argument("--rate", type=float, default=8.0, help="Poisson arrivals per second")
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--slo-ttft-s", type=float, help="with --slo-tpot-ms: each policy's capacity at this SLO"
+    )
+    sim.add_argument("--slo-tpot-ms", type=float, help="p99 TPOT bound of the SLO")
+    sim.add_argument(
+        "--target-rate", type=float, help="with an SLO: the cards (replicas) this rate needs"
+    )
     sim.add_argument("--json", action="store_true")
     mg = sub.add_parser("migrate", help="move a request's KV to the gpu or cpu tier")
     mg.add_argument("request_id")

@@ -1,0 +1,61 @@
+"""Capacity at an SLO on the simulator: the rate found holds the SLO and the next rate
+tried above it does not; the cards a target rate needs follow; `apexctl simulate`
+prints it as a table and JSON (all of it simulation)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from scheduler.costs.profile import load_profile
+from scheduler.sim.capacity import Capacity, Slo, capacity
+from scheduler.sim.simulator import WORKLOADS
+from tests.factories import BIN, run
+
+
+def test_the_capacity_holds_the_slo_and_the_next_rate_up_does_not():
+    slo = Slo(ttft_p99_s=10.0, tpot_p99_s=0.15)
+    c = capacity(load_profile("t4-llama2-7b"), WORKLOADS["neo"], "apex", slo, n=40, refine=2)
+    assert c.rate > 0
+    at = next(p for p in c.points if p.rate == c.rate)
+    assert at.meets(slo)
+    above = [p for p in c.points if p.rate > c.rate]
+    assert above and not above[0].meets(slo)
+    assert [p.rate for p in c.points] == sorted(p.rate for p in c.points)
+    assert c.replicas_for(c.rate * 2.5) == 3 and c.replicas_for(c.rate) == 1
+
+
+def test_no_rate_holding_the_slo_is_a_capacity_of_zero_and_no_card_count():
+    c = capacity(
+        load_profile("t4-llama2-7b"), WORKLOADS["neo"], "gpu-only", Slo(0.001, 0.001), n=20
+    )
+    assert c.rate == 0 and c.replicas_for(1.0) is None
+    assert len(c.points) == 7  # halved down to start / 64
+    with pytest.raises(ValueError, match="> 0"):
+        Slo(0, 0.1)
+    assert Capacity("x", 0.5, ()).replicas_for(1.2) == math.ceil(1.2 / 0.5)
+
+
+def test_apexctl_simulate_answers_how_many_cards_a_rate_needs():
+    args = [
+        str(BIN / "apexctl"),
+        "simulate",
+        "--workload",
+        "neo",
+        "--policies",
+        "apex",
+        "--requests",
+        "30",
+    ]
+    args += ["--slo-ttft-s", "10", "--slo-tpot-ms", "150", "--target-rate", "1"]
+    table = run(*args)
+    assert table.returncode == 0, table.stderr
+    assert "SIMULATION" in table.stdout and "cards for 1/s" in table.stdout
+    out = json.loads(run(*args, "--json").stdout)
+    cap = out["capacity"][0]
+    assert out["simulation"] is True and cap["policy"] == "apex"
+    assert cap["replicas_for_target"] == math.ceil(1 / cap["rate"])
+    bad = run(str(BIN / "apexctl"), "simulate", "--slo-ttft-s", "10")
+    assert bad.returncode != 0 and "--slo-tpot-ms" in bad.stderr
