@@ -15,7 +15,6 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from launcher.stack import (
     stack_plan,
     start,
     stop,
+    stop_on_signals,
 )
 
 ROUTER_MODULE = "launcher.router_main"  # vllm-router's launcher, ending with ours
@@ -244,14 +244,7 @@ def serve_replicas(
     cpu_executor_args: list[str] | None,
 ) -> int:
     """The foreground command: start everything, keep it alive, stop it on Ctrl-C."""
-    stop_requested = False
-
-    def on_signal(signum, frame) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop_requested = stop_on_signals()
     try:
         with replicated(
             model,
@@ -272,7 +265,7 @@ def serve_replicas(
                 f"{cluster.url}/v1 (policy {router_policy(router, replicas)})",
                 flush=True,
             )
-            while not stop_requested:
+            while not stop_requested.is_set():
                 keep_alive(cluster)
                 time.sleep(0.5)
             print("apex: stopping", file=sys.stderr, flush=True)

@@ -314,6 +314,14 @@ def local_stack(
         close_logs(children)
 
 
+def stop_on_signals() -> threading.Event:
+    """Set on Ctrl-C or SIGTERM: the foreground commands poll it and stop in order."""
+    requested = threading.Event()
+    signal.signal(signal.SIGINT, lambda signum, frame: requested.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: requested.set())
+    return requested
+
+
 def serve(
     model: Path,
     host: str,
@@ -322,14 +330,7 @@ def serve(
     scheduler_args: list[str],
     cpu_executor_args: list[str] | None,
 ) -> int:
-    stop_requested = False
-
-    def on_signal(signum, frame) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop_requested = stop_on_signals()
     http = scheduler_args.index("--http-port") + 1 if "--http-port" in scheduler_args else 0
     http_port = int(scheduler_args[http]) if http else 0
     for taken in (p for p in (port, http_port) if port_taken(host, p)):
@@ -346,7 +347,7 @@ def serve(
                 flush=True,
             )
             restarts: dict[str, int] = {}
-            while not stop_requested:
+            while not stop_requested.is_set():
                 try:
                     restart_crashed(stack.children, restarts)
                 except StackDone:

@@ -100,10 +100,10 @@ def test_fuzzed_requests_get_ok_or_invalid_argument(short_stack):
     with short_stack.client(timeout=60) as c:
 
         @settings(
-            max_examples=2000,
+            max_examples=1000,
             deadline=None,
             database=None,
-            derandomize=True,  # the same 2,000 requests on every run
+            derandomize=True,  # the same 1,000 requests on every run
             suppress_health_check=list(HealthCheck),
         )
         @given(requests())
@@ -121,4 +121,4 @@ def test_fuzzed_requests_get_ok_or_invalid_argument(short_stack):
         assert check_health(short_stack.address)
         assert wait_until(lambda: idle(c), 30)
         assert not c.list_requests()
-    assert sum(seen.values()) >= 2000 and seen.get("OK", 0) > 100, seen
+    assert sum(seen.values()) >= 1000 and seen.get("OK", 0) > 50, seen
