@@ -79,6 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     srv.add_argument("--max-num-seqs", type=int)
     srv.add_argument("--max-queue", type=int)
     srv.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        help="tokens per iteration (default 512): longer prompts are prefilled in chunks",
+    )
+    srv.add_argument("--no-chunked-prefill", action="store_true", help="prefill each prompt whole")
+    srv.add_argument(
         "--drain-grace-s",
         type=float,
         help="on SIGTERM or Ctrl-C, how long in-flight requests may take (default 30)",
@@ -153,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         "max_model_len",
         "max_num_seqs",
         "max_queue",
+        "max_num_batched_tokens",
         "cpu_kv_dtype",
         "drain_grace_s",
         "http_port",
@@ -164,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         value = getattr(args, flag)
         if value is not None:
             scheduler_args += ["--" + flag.replace("_", "-"), str(value)]
+    if args.no_chunked_prefill:
+        scheduler_args.append("--no-chunked-prefill")
     # Tokens reach the daemon through its environment, not its command line (which any
     # user of the host can read in the process list).
     for flag, env in (

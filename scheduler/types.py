@@ -144,6 +144,12 @@ class SeqPlan:
     def is_prefill(self) -> bool:
         return len(self.token_ids) > 1
 
+    @property
+    def draws(self) -> bool:
+        """Whether its sampled token is kept: false for a prompt chunk that is not the
+        last (read before the plan's results are applied)."""
+        return self.start_pos + len(self.token_ids) >= self.request.num_tokens
+
 
 @dataclass(frozen=True)
 class Decision:

@@ -56,3 +56,19 @@ def test_greedy_exact_under_preemption(preset, models, tmp_path):
         assert sum(r.usage.preemptions for r in results) == status.preemptions
         assert status.tiers[0].blocks_used == 0
         assert_matches_hf(models[preset], prompts, results, PREEMPT_OUTPUT_LENGTHS)
+
+
+def test_chunked_prefill_is_exact_and_keeps_each_iteration_within_the_budget(models, tmp_path):
+    """Prompts up to 250 tokens against a budget of 24 tokens an iteration: they come in
+    by chunks, beside the decode rows of the others, and the output does not change."""
+    args = ["--max-num-batched-tokens", "24"]
+    with (
+        running_stack(models["tiny-gqa"], tmp_path, scheduler_args=args) as stack,
+        stack.client() as c,
+    ):
+        prompts = make_prompts(c.model_info().vocab_size, seed=5)
+        results = run_concurrently(stack, prompts)
+        trace = c.trace(1000)
+    assert_matches_hf(models["tiny-gqa"], prompts, results)
+    assert all(t.prefill_tokens + t.gpu_rows + t.cpu_rows <= 24 for t in trace)
+    assert any(t.prefill_tokens and t.gpu_rows for t in trace)  # chunks beside decodes

@@ -184,7 +184,11 @@ async def serve(args: argparse.Namespace, credentials: grpc.ServerCredentials | 
             block_size=args.block_size,
             num_gpu_blocks=num_blocks,
             max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=max(args.max_num_batched_tokens, max_len),
+            # unchunked, any prompt must fit one iteration
+            max_num_batched_tokens=args.max_num_batched_tokens
+            if not args.no_chunked_prefill
+            else max(args.max_num_batched_tokens, max_len),
+            chunked_prefill=not args.no_chunked_prefill,
             max_queue=args.max_queue,
             num_cpu_blocks=cpu_blocks,
             placement=args.placement if cpu_blocks else "gpu",
@@ -234,7 +238,7 @@ async def serve(args: argparse.Namespace, credentials: grpc.ServerCredentials | 
         spec.name,
         info.device_name,
         spec.num_layers,
-        max_tokens=config.max_num_batched_tokens,
+        max_tokens=max(config.max_num_batched_tokens, max_len),
         max_rows=config.max_num_seqs,
         max_context=max_len,
         gpu_kv_capacity_tokens=num_blocks * args.block_size,

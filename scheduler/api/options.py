@@ -61,7 +61,19 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--max-model-len", type=int, default=0, help="0: the model's own")
     ap.add_argument("--max-num-seqs", type=int, default=256)
-    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=512,
+        help="tokens per iteration, a decode row counting one; longer prompts are "
+        "prefilled in chunks (with --no-chunked-prefill: prompt tokens admitted per "
+        "iteration, at least max_model_len)",
+    )
+    ap.add_argument(
+        "--no-chunked-prefill",
+        action="store_true",
+        help="prefill each prompt whole in one iteration (it stalls the decoding ones)",
+    )
     ap.add_argument("--max-queue", type=int, default=1024)
     ap.add_argument(
         "--executor-wait-s",

@@ -50,7 +50,12 @@ class SchedulerConfig:
     block_size: int = 16
     num_gpu_blocks: int = 1024
     max_num_seqs: int = 256  # running requests per iteration
-    max_num_batched_tokens: int = 8192  # prompt tokens admitted per iteration
+    # Unchunked: prompt tokens admitted per iteration (a longer prompt runs alone).
+    # Chunked: every token of an iteration, a decode row counting one; prompts past what
+    # is left are prefilled in chunks over several iterations, so that one long prompt
+    # does not stall every decoding request for its whole prefill (vLLM's default).
+    max_num_batched_tokens: int = 8192
+    chunked_prefill: bool = False
     max_queue: int = 1024  # waiting requests before RESOURCE_EXHAUSTED
     num_cpu_blocks: int = 0  # 0: no CPU tier
     placement: str = "auto"  # gpu | cpu | auto

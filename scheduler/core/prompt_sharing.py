@@ -37,3 +37,9 @@ def lends_prompt(req: Request) -> bool:
     """Whether a sample of its prompt still waits to share its prompt blocks: it stays
     on the GPU tier until then."""
     return req.siblings is not None and any(s.status is Status.WAITING for s in req.siblings)
+
+
+def prefilling(req: Request) -> bool:
+    """Whether part of its prompt is still to be computed (chunked prefill): it stays on
+    the GPU tier, where prompts are computed, until the last chunk is in."""
+    return req.num_computed < req.num_tokens - 1

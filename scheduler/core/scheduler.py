@@ -20,7 +20,8 @@ from itertools import chain
 
 from scheduler.core.block_manager import BlockAllocator
 from scheduler.core.config import SchedulerConfig, forced
-from scheduler.core.prompt_sharing import lends_prompt, prompt_blocks
+from scheduler.core.prompt_sharing import lends_prompt, prefilling, prompt_blocks
+from scheduler.core.stops import banned_tokens, check_stop
 from scheduler.core.view import PolicyPort, SchedulerView
 from scheduler.types import (
     FinishReason,
@@ -121,19 +122,19 @@ class Scheduler:
         self.running = decodes
         # The plan shares each block table with its request: nothing changes a table
         # before the executor has run the plan, and the next schedule() makes new ones.
-        seqs = [
-            SeqPlan(
-                r,
-                r.tokens_from(r.num_computed),
-                r.num_computed,
-                r.tier,
-                r.block_table,
-                self.banned(r) if r.sampling.min_tokens else (),
-            )
-            for r in decodes
-        ]
+        budget = self.prefill_budget(decodes)
+        seqs = []
+        for r in decodes:
+            fed = r.tokens_from(r.num_computed)
+            if len(fed) > 1:  # the next chunk of a prompt (chunked prefill)
+                fed = fed[: max(budget, 0)]
+                budget -= len(fed)
+                if not fed:
+                    continue  # no room this iteration: it keeps its blocks and waits
+            banned = banned_tokens(r, self.eos_token_ids) if r.sampling.min_tokens else ()
+            seqs.append(SeqPlan(r, fed, r.num_computed, r.tier, r.block_table, banned))
         if not preempted and not self.swapped:
-            seqs += self.admit()
+            seqs += self.admit(budget)
         if not seqs:
             return None
         seqs = self.policy.select(seqs)
@@ -185,7 +186,8 @@ class Scheduler:
     def evict(self, victim: Request, preempted: list[Request]) -> bool:
         """Free the victim's blocks on its tier; True if it keeps decoding on the CPU."""
         victim.pinned, victim.target_tier = False, None
-        if victim.tier is Tier.GPU and self.cpu is not None and self.move(victim, Tier.CPU):
+        movable = victim.tier is Tier.GPU and self.cpu is not None and not prefilling(victim)
+        if movable and self.move(victim, Tier.CPU):
             if not self.cpu_attention:  # attention stays on the GPU: park it
                 victim.status = Status.SWAPPED
                 self.swapped.append(victim)
@@ -200,8 +202,8 @@ class Scheduler:
         for req in [*decodes, *self.swapped]:
             if req.target_tier is None or req.target_tier is req.tier:
                 continue
-            if req.tier is Tier.GPU and lends_prompt(req):
-                continue  # it moves once its prompt's other samples hold the blocks too
+            if req.tier is Tier.GPU and (lends_prompt(req) or prefilling(req)):
+                continue  # it moves once its prompt is in, and held by its other samples
             if self.move(req, req.target_tier) and req.status is Status.SWAPPED:
                 self.resume(req, decodes)
 
@@ -272,13 +274,23 @@ class Scheduler:
         )
         return self.gpu.num_free - growth
 
-    def admit(self) -> list[SeqPlan]:
+    def prefill_budget(self, decodes: list[Request]) -> int:
+        """Prompt tokens this iteration may carry: unchunked, max_num_batched_tokens of
+        new prompts; chunked, what the decode rows leave of it (at least a block, so
+        that prompts always progress)."""
+        cfg = self.config
+        if not cfg.chunked_prefill:
+            return cfg.max_num_batched_tokens
+        rows = sum(1 for r in decodes if r.num_computed >= r.num_tokens - 1)
+        return max(cfg.max_num_batched_tokens - rows, cfg.block_size)
+
+    def admit(self, budget: int) -> list[SeqPlan]:
         """New (and preempted) requests join, FCFS, prefilled on the GPU tier; the policy
-        says where their KV goes next, or that they wait."""
+        says where their KV goes next, or that they wait. Chunked, a prompt longer than
+        the budget left starts with a chunk of it (its blocks are all taken now)."""
         cfg = self.config
         seqs: list[SeqPlan] = []
         admitted: list[Request] = []
-        budget = cfg.max_num_batched_tokens
         if self.waiting:
             self.count_future_free(self.running)
         while self.waiting and len(self.running) < cfg.max_num_seqs:
@@ -288,7 +300,11 @@ class Scheduler:
                 break  # another sample of its prompt is prefilled now: it shares that
             start = len(prefix) * cfg.block_size
             n = req.num_tokens - start
-            if n > budget and budget < cfg.max_num_batched_tokens:
+            if cfg.chunked_prefill:
+                if budget <= 0:
+                    break
+                n = min(n, budget)
+            elif n > budget and budget < cfg.max_num_batched_tokens:
                 break  # wait for the next iteration's budget; never starve a long prompt
             need = cfg.blocks_for(req.num_tokens) - len(prefix)
             if need > self.gpu.num_free:
@@ -303,10 +319,11 @@ class Scheduler:
             req.target_tier = target if target is Tier.CPU else None
             self.running.append(req)
             admitted.append(req)
-            fed = req.tokens_from(start)
+            fed = req.tokens_from(start)[:n]
             self.num_prompt_tokens_prefilled += max(0, len(req.prompt_ids) - start)
             self.num_prompt_tokens_shared += start
-            seqs.append(SeqPlan(req, fed, start, Tier.GPU, req.block_table, self.banned(req)))
+            banned = banned_tokens(req, self.eos_token_ids)
+            seqs.append(SeqPlan(req, fed, start, Tier.GPU, req.block_table, banned))
             budget -= n
         return seqs
 
@@ -347,34 +364,16 @@ class Scheduler:
             if req.finished:  # aborted while the step ran
                 continue
             req.num_computed = seq.start_pos + len(seq.token_ids)
+            if req.num_computed < req.num_tokens:
+                continue  # a prompt chunk before the last: its draw is not kept
             req.output_ids.append(tok)
             if req.first_token_time is None:
                 req.first_token_time = now
-            reason, matched = self.check_stop(req, tok)
+            reason, matched = check_stop(req, tok, self.eos_token_ids, self.config.max_model_len)
             if reason is not None:
                 self.finish(req, reason, matched)
             updated.append(req)
         return updated
-
-    def banned(self, req: Request) -> tuple[int, ...]:
-        """Until min_tokens are out, the tokens that would end the output are not drawn."""
-        sp = req.sampling
-        if len(req.output_ids) >= sp.min_tokens:
-            return ()
-        eos = () if sp.ignore_eos else self.eos_token_ids
-        return tuple(sorted({*eos, *sp.stop_token_ids}))
-
-    def check_stop(self, req: Request, tok: int) -> tuple[FinishReason | None, str]:
-        sp = req.sampling
-        if len(req.output_ids) < sp.min_tokens:  # the draw cannot have taken a stop token
-            return None, ""
-        if tok in sp.stop_token_ids:
-            return FinishReason.STOP_TOKEN, str(tok)
-        if not sp.ignore_eos and tok in self.eos_token_ids:
-            return FinishReason.EOS, str(tok)
-        if len(req.output_ids) >= sp.max_tokens or req.num_tokens >= self.config.max_model_len:
-            return FinishReason.LENGTH, ""
-        return None, ""
 
     def finish(self, req: Request, reason: FinishReason, matched: str = "") -> None:
         """End a request (stop, length, abort) and free its blocks at once."""

@@ -196,7 +196,7 @@ class Engine:
         if reply.logprobs is not None:  # kept beside the tokens they belong to
             for seq, lp in zip(plan.seqs, reply.logprobs, strict=True):
                 stream = self.streams.get(seq.request.request_id)
-                if lp is not None and stream is not None and not seq.request.finished:
+                if lp is not None and stream is not None and seq.draws and not seq.request.finished:
                     stream.logprobs.append(lp)
         updated = self.scheduler.update(plan, reply.next_tokens)
         now = time.monotonic()
