@@ -194,8 +194,17 @@ class LlamaModel:
         kc.index_copy_(0, slots, k)
         vc.index_copy_(0, slots, v)
 
-    def attention(self, li: int, q: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        """Attention of the GPU-tier rows; CPU rows are left for the join to fill."""
+    def attention(
+        self,
+        li: int,
+        q: torch.Tensor,
+        batch: PackedBatch,
+        k: torch.Tensor | None = None,
+        v: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attention of the GPU-tier rows; CPU rows are left for the join to fill. With
+        this layer's new K and V (batch order), a prompt that starts at position 0
+        attends over them as they are: no gather from the cache, no mask."""
         out = torch.empty_like(q)
         if batch.num_decode_tokens:
             qd = q.index_select(0, batch.decode_token_index)
@@ -205,10 +214,25 @@ class LlamaModel:
                 self.decode_attention(li, qd, batch.decode_block_tables, batch.decode_context_lens),
             )
         for p in batch.prefills:
-            out[p.token_start : p.token_end] = self.prefill_attention(
-                li, q[p.token_start : p.token_end], p.start_pos, p.block_table
-            )
+            span = slice(p.token_start, p.token_end)
+            if p.start_pos == 0 and k is not None and v is not None:
+                out[span] = self.causal_attention(q[span], k[span], v[span])
+            else:
+                out[span] = self.prefill_attention(li, q[span], p.start_pos, p.block_table)
         return out
+
+    def causal_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """A whole prompt over its own K and V: SDPA's causal path (flash or
+        memory-efficient kernels on CUDA), nothing materialised but the output."""
+        o = F.scaled_dot_product_attention(
+            q.transpose(0, 1)[None],  # (1, H, n, d)
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            is_causal=True,
+            scale=self.scale,
+            enable_gqa=self.shape.num_heads != self.shape.num_kv_heads,
+        )
+        return o[0].transpose(0, 1)
 
     def gather(self, li: int, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., blocks) block ids -> K, V as (..., blocks * block_size, kv_heads, head_dim)."""
@@ -236,6 +260,8 @@ class LlamaModel:
     def prefill_attention(
         self, li: int, q: torch.Tensor, start_pos: int, table: torch.Tensor
     ) -> torch.Tensor:
+        """A prompt chunk after a cached prefix (chunked prefill, shared prompt blocks):
+        over the cache, gathered, with a mask."""
         n = q.shape[0]
         total = start_pos + n
         k, v = self.gather(li, table)

@@ -59,7 +59,7 @@ def gpu_only_layers(
     for li, lw in enumerate(model.layers):
         q, k, v = model.qkv(lw, x, cos, sin)
         model.write_kv(li, k, v, batch.slot_mapping)
-        x = model.post(lw, x, model.attention(li, q, batch))
+        x = model.post(lw, x, model.attention(li, q, batch, k, v))
     return x
 
 
@@ -78,7 +78,7 @@ def overlap_layers(
         q, k, v = model.qkv(lw, x, cos, sin)
         link.send(li, q[ci], k[ci], v[ci])
         model.write_kv(li, k[gi], v[gi], batch.slot_mapping)
-        att = model.attention(li, q, batch)
+        att = model.attention(li, q, batch, k, v)
         link.publish(li)
         att.index_copy_(0, ci, link.receive(li, att.dtype))
         x = model.post(lw, x, att)
@@ -115,6 +115,11 @@ def pipelined_layers(
     q_all = torch.empty(
         (total, model.shape.num_heads, model.shape.head_dim), dtype=x.dtype, device=dev
     )
+    # New prompts attend over their own K and V, in batch order like q_all (only built
+    # when the step has prompts: decode-only steps read the cache alone).
+    kv_shape = (total, model.shape.num_kv_heads, model.shape.head_dim)
+    k_all = torch.empty(kv_shape, dtype=x.dtype, device=dev) if batch.prefills else None
+    v_all = torch.empty(kv_shape, dtype=x.dtype, device=dev) if batch.prefills else None
 
     def ship_b1(li: int) -> None:
         q1, k1, v1 = model.qkv(layers[li], x1, cos1, sin1)
@@ -128,7 +133,10 @@ def pipelined_layers(
             link.send(li, q0[c0], k0[c0], v0[c0], part=C0)
         model.write_kv(li, k0[g0], v0[g0], batch.slot_mapping)
         q_all.index_copy_(0, b0, q0)  # attention finds its rows by their batch index
-        att = model.attention(li, q_all, batch)
+        if k_all is not None and v_all is not None:
+            k_all.index_copy_(0, b0, k0)
+            v_all.index_copy_(0, b0, v0)
+        att = model.attention(li, q_all, batch, k_all, v_all)
         if has_c0:
             link.publish(li, part=C0)
         x1 = model.post(lw, x1, link.receive(li, x.dtype, part=B1))
