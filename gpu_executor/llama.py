@@ -92,7 +92,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class LlamaModel:
-    def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "auto") -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "cpu",
+        dtype: str = "auto",
+        decode_kernel: str = "auto",
+    ) -> None:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
@@ -140,6 +146,7 @@ class LlamaModel:
         del hf
         self.scale = self.shape.head_dim**-0.5
         self.cache: PagedKVCache | None = None
+        self.triton_decode = use_triton_decode(decode_kernel, self.device)
 
     def init_cache(self, num_blocks: int, block_size: int) -> int:
         self.cache = None  # release the old one first: on a GPU both may not fit
@@ -244,6 +251,12 @@ class LlamaModel:
     def decode_attention(
         self, li: int, q: torch.Tensor, tables: torch.Tensor, context_lens: torch.Tensor
     ) -> torch.Tensor:
+        if self.triton_decode:  # the blocks read where they lie (gpu_executor/triton_attention)
+            from gpu_executor.triton_attention import paged_decode_attention
+
+            return paged_decode_attention(
+                q, self.kv.k[li], self.kv.v[li], tables, context_lens, self.scale
+            )
         k, v = self.gather(li, tables)  # (D, L, kvh, d)
         length = k.shape[1]
         mask = torch.arange(length, device=q.device)[None, :] < context_lens[:, None]
@@ -277,6 +290,25 @@ class LlamaModel:
             enable_gqa=self.shape.num_heads != self.shape.num_kv_heads,
         )
         return o[0].transpose(0, 1)
+
+
+DECODE_KERNELS = ("auto", "triton", "gather")
+
+
+def use_triton_decode(kernel: str, device: torch.device) -> bool:
+    """auto: the Triton kernel on CUDA when triton imports, else the gathered SDPA path
+    (the CPU's, where Triton only interprets); triton: it, or an error saying why not."""
+    if kernel not in DECODE_KERNELS:
+        raise ValueError(f"decode kernel must be one of {DECODE_KERNELS}, not {kernel!r}")
+    if kernel == "gather":
+        return False
+    from gpu_executor.triton_attention import available
+
+    if kernel == "triton":
+        if not available():
+            raise ValueError("--decode-kernel triton: triton is not installed")
+        return True
+    return device.type == "cuda" and available()
 
 
 def resolve_dtype(model_dir: str | Path, dtype: str, device: torch.device) -> torch.dtype:

@@ -221,6 +221,13 @@ def main(argv: list[str] | None = None) -> None:
         help="how long a step waits for the CPU executor's output of one layer before it "
         "fails (the scheduler then recomputes and the CPU executor resynchronises)",
     )
+    ap.add_argument(
+        "--decode-kernel",
+        default="auto",
+        choices=["auto", "triton", "gather"],
+        help="GPU-tier decode attention: the Triton paged kernel (auto: on CUDA when "
+        "triton imports) or the gathered SDPA path",
+    )
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     if not args.dataplane_timeout_s > 0:
@@ -231,7 +238,15 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = args.device or default_device()
     t = time.perf_counter()
-    model = LlamaModel(args.model, device=device, dtype=args.dtype)
+    try:
+        model = LlamaModel(
+            args.model, device=device, dtype=args.dtype, decode_kernel=args.decode_kernel
+        )
+    except ValueError as e:
+        raise SystemExit(f"apex-gpu-executor: {e}") from e
+    log.info(
+        "decode attention: %s", "Triton paged kernel" if model.triton_decode else "gathered SDPA"
+    )
     log.info(
         "loaded %s on %s as %s in %.1f s (%.1f MiB of weights)",
         args.model,

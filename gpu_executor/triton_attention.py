@@ -1,0 +1,182 @@
+"""Paged decode attention in Triton: each decode row reads its K and V blocks where they
+lie in the cache, with no gathered copy and no mask tensor.
+
+Bytes per step: the gathered path reads every block of the batch's padded tables, writes
+them out as a dense copy and reads that again (about 3x the cache bytes the step needs);
+this reads each owned block once. Work is split three ways: one program per (row, KV
+head, split of the context). A program serves all the query heads of its KV head (GQA:
+the K and V it loads are shared by the group) and walks its split's blocks with an
+online softmax; a split's partial result (its max, its sum of exponentials and its
+normalised output) is merged across splits afterwards, so that long contexts use many
+programs (flash-decoding's split-K).
+
+Runs on CUDA, and on CPU tensors under Triton's interpreter (`TRITON_INTERPRET=1`),
+which is how CI tests it. Triton is optional: `available()` says whether it imports;
+nothing on the CPU serving path needs it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - the serving path does not need it
+    triton = None
+    tl = None
+
+
+def available() -> bool:
+    return triton is not None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _paged_decode_split(
+        q_ptr,  # (B, H, D)
+        k_ptr,  # (num_blocks, BS, KVH, D)
+        v_ptr,
+        tables_ptr,  # (B, max_blocks) int
+        lens_ptr,  # (B,) int
+        out_ptr,  # (B, KVH, S, GP, D) fp32: the split's normalised output
+        max_ptr,  # (B, KVH, S, GP) fp32
+        sum_ptr,  # (B, KVH, S, GP) fp32
+        scale,
+        stride_qb,
+        stride_qh,
+        stride_kn,
+        stride_kb,
+        stride_kh,
+        stride_tb,
+        blocks_per_split,
+        num_splits,
+        G: tl.constexpr,  # query heads per KV head
+        GP: tl.constexpr,  # G padded to a power of two
+        BS: tl.constexpr,  # block size
+        D: tl.constexpr,  # head dim
+        KVH: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        kvh = tl.program_id(1)
+        split = tl.program_id(2)
+        ctx = tl.load(lens_ptr + row)
+        num_blocks = tl.cdiv(ctx, BS)
+        first = split * blocks_per_split
+        last = tl.minimum(first + blocks_per_split, num_blocks)
+
+        g = tl.arange(0, GP)
+        d = tl.arange(0, D)
+        t = tl.arange(0, BS)
+        g_ok = g < G
+        heads = kvh * G + g
+        q = tl.load(
+            q_ptr + row * stride_qb + heads[:, None] * stride_qh + d[None, :],
+            mask=g_ok[:, None],
+            other=0.0,
+        ).to(tl.float32)
+
+        m = tl.full((GP,), float("-inf"), tl.float32)
+        s = tl.zeros((GP,), tl.float32)
+        acc = tl.zeros((GP, D), tl.float32)
+        for b in range(first, last):
+            block = tl.load(tables_ptr + row * stride_tb + b).to(tl.int64)
+            pos = b * BS + t
+            valid = pos < ctx
+            base = block * stride_kn + t[:, None] * stride_kb + kvh * stride_kh + d[None, :]
+            k = tl.load(k_ptr + base, mask=valid[:, None], other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + base, mask=valid[:, None], other=0.0).to(tl.float32)
+            scores = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale  # (GP, BS)
+            scores = tl.where(valid[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, axis=1))
+            # a row with nothing yet (m_new still -inf) keeps zeros instead of NaNs
+            alpha = tl.where(m_new == float("-inf"), 0.0, tl.exp(m - m_new))
+            p = tl.where(valid[None, :], tl.exp(scores - m_new[:, None]), 0.0)
+            s = s * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+            m = m_new
+
+        part = ((row * KVH + kvh) * num_splits + split) * GP + g
+        out = acc / tl.where(s > 0, s, 1.0)[:, None]
+        tl.store(out_ptr + part[:, None] * D + d[None, :], out)
+        tl.store(max_ptr + part, m)
+        tl.store(sum_ptr + part, s)
+
+
+def splits_for(max_blocks: int, rows: int, kv_heads: int, target_programs: int = 128) -> int:
+    """Enough splits that rows x KV heads x splits fills the device, none of them empty
+    of blocks on the longest context."""
+    want = max(1, math.ceil(target_programs / max(1, rows * kv_heads)))
+    return max(1, min(want, max_blocks))
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """q (B, H, D); caches (num_blocks, block_size, KVH, D) in fp32, fp16 or bf16;
+    tables (B, max_blocks); lens (B,), each >= 1. Returns (B, H, D) in q's dtype."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    rows, heads, dim = q.shape
+    _, block_size, kv_heads, _ = k_cache.shape
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads do not group over {kv_heads} KV heads")
+    if dim & (dim - 1) or block_size & (block_size - 1):
+        raise ValueError(f"head dim {dim} and block size {block_size} must be powers of two")
+    group = heads // kv_heads
+    padded = max(1, 1 << (group - 1).bit_length())
+    max_blocks = block_tables.shape[1]
+    splits = num_splits or splits_for(max_blocks, rows, kv_heads)
+    per_split = -(-max_blocks // splits)
+    q = q.contiguous()
+    k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
+    tables = block_tables.contiguous()
+    f32 = dict(dtype=torch.float32, device=q.device)
+    out = torch.empty((rows, kv_heads, splits, padded, dim), **f32)
+    maxes = torch.empty((rows, kv_heads, splits, padded), **f32)
+    sums = torch.empty((rows, kv_heads, splits, padded), **f32)
+    _paged_decode_split[(rows, kv_heads, splits)](
+        q,
+        k_cache,
+        v_cache,
+        tables,
+        context_lens.contiguous(),
+        out,
+        maxes,
+        sums,
+        scale,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        tables.stride(0),
+        per_split,
+        splits,
+        G=group,
+        GP=padded,
+        BS=block_size,
+        D=dim,
+        KVH=kv_heads,
+    )
+    return merge_splits(out, maxes, sums)[:, :, :group].reshape(rows, heads, dim).to(q.dtype)
+
+
+def merge_splits(out: torch.Tensor, maxes: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """Softmax over the whole context from each split's (max, sum, normalised output):
+    weights sum_s x exp(max_s - max); empty splits (sum 0) weigh nothing."""
+    top = maxes.amax(dim=2, keepdim=True)
+    weight = sums * torch.exp(torch.where(sums > 0, maxes - top, torch.zeros_like(maxes)))
+    weight = torch.where(sums > 0, weight, torch.zeros_like(weight))
+    total = weight.sum(dim=2)
+    merged = (out * weight[..., None]).sum(dim=2) / total.clamp_min(1e-30)[..., None]
+    return merged  # (B, KVH, GP, D)
