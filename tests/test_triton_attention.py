@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels run on numpy
+# `APEX_TEST_DEVICE=cuda` (the GPU check) compiles the kernel for real; on the CPU it
+# runs under the interpreter, which must be switched on before triton is imported.
+DEVICE = os.environ.get("APEX_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
 
-import pytest
-import torch
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 triton_attention = pytest.importorskip("gpu_executor.triton_attention")
 if not triton_attention.available():  # pragma: no cover
@@ -41,11 +45,13 @@ def make_case(rows, heads, kv_heads, dim, block_size, lens, dtype, seed=0):
             k[block, :filled] = torch.randn((filled, kv_heads, dim), generator=g).to(dtype)
             v[block, :filled] = torch.randn((filled, kv_heads, dim), generator=g).to(dtype)
     q = torch.randn((rows, heads, dim), generator=g).to(dtype)
-    return q, k, v, tables, torch.tensor(lens, dtype=torch.int64)
+    lens_t = torch.tensor(lens, dtype=torch.int64)
+    return tuple(t.to(DEVICE) for t in (q, k, v, tables, lens_t))
 
 
 def reference(q, k, v, tables, lens, scale):
     """float64 softmax(q k^T) v over each row's own slots, read through its table."""
+    q, k, v, tables, lens = (t.cpu() for t in (q, k, v, tables, lens))
     rows, heads, dim = q.shape
     kv_heads = k.shape[2]
     out = torch.empty((rows, heads, dim), dtype=torch.float64)
@@ -86,7 +92,7 @@ def test_kernel_matches_float64_over_poisoned_caches(
     assert got.dtype == dtype and got.shape == (rows, heads, dim)
     assert torch.isfinite(got.float()).all()
     want = reference(q, k, v, tables, ctx, scale)
-    err = (got.double() - want).abs().max().item()
+    err = (got.double().cpu() - want).abs().max().item()
     assert err < TOLERANCE[dtype], err
 
 
@@ -113,16 +119,16 @@ def test_the_model_s_decode_attention_gives_the_same_through_the_kernel(models):
     gathered SDPA path agree."""
     from gpu_executor.llama import LlamaModel
 
-    model = LlamaModel(models["tiny-gqa"], "cpu", "float32", decode_kernel="triton")
+    model = LlamaModel(models["tiny-gqa"], DEVICE, "float32", decode_kernel="triton")
     assert model.triton_decode
     model.init_cache(num_blocks=12, block_size=16)
     g = torch.Generator().manual_seed(1)
     for t in (model.kv.k[0], model.kv.v[0]):
         t.copy_(torch.randn(t.shape, generator=g))
     s = model.shape
-    q = torch.randn((3, s.num_heads, s.head_dim), generator=g)
-    tables = torch.tensor([[4, 7, 1], [0, 0, 0], [11, 2, 0]])
-    lens = torch.tensor([40, 9, 17])
+    q = torch.randn((3, s.num_heads, s.head_dim), generator=g).to(DEVICE)
+    tables = torch.tensor([[4, 7, 1], [0, 0, 0], [11, 2, 0]], device=DEVICE)
+    lens = torch.tensor([40, 9, 17], device=DEVICE)
     kernel = model.decode_attention(0, q, tables, lens)
     model.triton_decode = False
     gathered = model.decode_attention(0, q, tables, lens)
