@@ -25,12 +25,12 @@ from pathlib import Path
 from benchmarks.common import RESULTS, cpu_name
 from launcher.stack import ensure_default_model, local_stack
 
-BIN = Path(sys.executable).parent
-
 
 def apexctl(address: str, *args: str) -> str:
-    r = subprocess.run(
-        [str(BIN / "apexctl"), "--address", address, *args], capture_output=True, text=True
+    r = subprocess.run(  # as a module: a checkout that is not pip-installed has no script
+        [sys.executable, "-m", "clients.apexctl", "--address", address, *args],
+        capture_output=True,
+        text=True,
     )
     if r.returncode != 0:
         raise SystemExit(f"apexctl {args[0]} failed: {r.stderr}")
@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--gpu-blocks", type=int, default=48, help="cap the GPU tier: pressure")
     ap.add_argument("--cpu-kv-gb", type=float, default=0.2)
     ap.add_argument("--tag", default="", help="file name tag (default: from the CPU)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="folder for the files")
     args = ap.parse_args()
     model = args.model or ensure_default_model()
     tag = args.tag or ("gpu" if args.device.startswith("cuda") else "cpu")
@@ -91,9 +92,10 @@ def main() -> None:
     with local_stack(
         model, executor_args=ex_args, scheduler_args=sched, cpu_executor_args=[]
     ) as stack:
-        prof = RESULTS / f"profile_{tag}.json"
+        args.results.mkdir(parents=True, exist_ok=True)
+        prof = args.results / f"profile_{tag}.json"
         print(apexctl(stack.address, "profile", "--out", str(prof)))
-        bench = RESULTS / f"bench_{tag}.json"
+        bench = args.results / f"bench_{tag}.json"
         print(
             apexctl(
                 stack.address,

@@ -1,0 +1,30 @@
+"""The GPU check's dry run: the script a lent GPU machine runs walks all its steps on
+the CPU (tiny model, small sizes), so that it is ready, not rotten, when a GPU comes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_the_gpu_check_walks_every_step_on_the_cpu(tmp_path):
+    out = tmp_path / "check"
+    argv = [sys.executable, "-m", "benchmarks.gpu_check", "--dry-run", "--out", str(out)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["dry_run"] and report["device"] == "cpu"
+    assert [s["step"] for s in report["steps"]] == [
+        "tests",
+        "model",
+        "decode floor",
+        "profile and policies",
+    ]
+    floor = json.loads((out / "decode_floor.json").read_text())
+    assert floor["bandwidth_gb_s"] > 0 and all(r["step_over_floor"] > 1 for r in floor["rows"])
+    bench = json.loads((out / "bench_cpu.json").read_text())
+    assert {p["policy"] for p in bench["results"]} == {"gpu-only", "neo", "apex"}
+    assert all(p["errors"] == 0 and p["requests"] == 6 for p in bench["results"])
+    assert (out / "profile_cpu.json").is_file() and (out / "bench_cpu.png").is_file()
+    assert "versions" in report and report["versions"]["torch"] != "missing"
