@@ -124,6 +124,7 @@ def main() -> None:
     )
     report["profile"] = str(prof.name)
     report["profile_mape_whole_run"] = status.get("profile_mape")
+    report["policy_after_bench"] = status.get("policy")  # bench puts the policy back
     report["online_predictor_mape"] = status.get("predictor_mape")
     report["noise_floor"] = noise_floor(trace)
     bench.write_text(json.dumps(report, indent=1))

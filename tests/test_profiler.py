@@ -78,32 +78,3 @@ def test_profile_refuses_a_busy_server(models, tmp_path):
         assert "needs an idle server" in e.value.details()
         t.join()
         assert c.status().finished_requests == 1  # the request was not disturbed
-
-
-def test_bench_runs_each_policy_side_by_side(models, tmp_path):
-    with running_stack(models["tiny"], tmp_path, scheduler_args=ARGS, cpu_executor_args=[]) as s:
-        out = tmp_path / "b.json"
-        r = apexctl(
-            s,
-            "bench",
-            "--requests",
-            "10",
-            "--rate",
-            "20",
-            "--scale",
-            "0.05",
-            "--policies",
-            "gpu-only,apex",
-            "--out",
-            str(out),
-        )
-        assert r.returncode == 0, r.stderr
-        rep = json.loads(out.read_text())
-        assert [x["policy"] for x in rep["results"]] == ["gpu-only", "apex"]
-        for x in rep["results"]:
-            assert x["errors"] == 0 and x["throughput"] > 0 and x["requests"] == 10
-            assert 0 < x["ttft_p50"] <= x["ttft_p99"] and 0 < x["tpot_p50"] <= x["tpot_p99"]
-        assert out.with_suffix(".png").is_file()
-        assert "gpu-only" in r.stdout and "apex" in r.stdout
-        with s.client() as c:
-            assert c.policy().name == "apex"  # put back as it was
