@@ -22,13 +22,14 @@ def samples(n: int, prompt_len: int, max_tokens: int = 6) -> list[Request]:
     return group
 
 
-def sched(placement: str = "gpu", gpu: int = 16, cpu: int = 0) -> Scheduler:
+def sched(placement: str = "gpu", gpu: int = 16, cpu: int = 0, **kw) -> Scheduler:
     cfg = SchedulerConfig(
         max_model_len=32,
         block_size=4,
         num_gpu_blocks=gpu,
         num_cpu_blocks=cpu,
         placement=placement,
+        **kw,
     )
     return Scheduler(cfg, frozenset({1}), placement_policy(cfg.placement))
 
@@ -127,3 +128,14 @@ def test_cpu_placement_shares_before_the_move_and_copies_after_it():
     while s.has_work():
         step(s)
     assert s.cpu.num_used == 0 and [len(r.output_ids) for r in group] == [6, 6]
+
+
+def test_with_chunked_prefill_the_others_wait_for_the_whole_prompt_then_share_it():
+    s = sched(max_num_batched_tokens=6, chunked_prefill=True)
+    group = samples(2, prompt_len=10)
+    for r in group:
+        s.add(r)
+    assert fed(step(s)) == [("s0", 0, 6)]
+    assert fed(step(s)) == [("s0", 6, 4)]  # s1 waits: s0's prompt is not all in
+    assert fed(step(s)) == [("s0", 10, 1), ("s1", 8, 2)]
+    assert group[1].block_table[:2] == group[0].block_table[:2] and s.gpu.num_shared == 2

@@ -15,8 +15,9 @@ from scheduler.types import Request, Status, Tier
 
 def prompt_blocks(req: Request, admitted: list[Request], block_size: int) -> list[int] | None:
     """The whole prompt blocks another sample of `req` holds computed on the GPU ([]
-    when none does); None when a sample of it is prefilled in this very plan, so that
-    `req` waits a step and shares it instead of computing the prompt again."""
+    when none does); None when a sample of it is prefilled in this very plan or is
+    still prefilling by chunks, so that `req` waits and shares it instead of computing
+    the prompt again."""
     if req.siblings is None or len(req.prompt_ids) <= block_size:
         return []  # nothing to share: no whole block before the last prompt token
     for other in req.siblings:
@@ -24,11 +25,9 @@ def prompt_blocks(req: Request, admitted: list[Request], block_size: int) -> lis
             continue
         if any(other is a for a in admitted):
             return None
-        if (
-            other.status is Status.RUNNING
-            and other.tier is Tier.GPU
-            and other.num_computed >= len(req.prompt_ids)
-        ):
+        if other.status is Status.RUNNING and other.tier is Tier.GPU:
+            if other.num_computed < len(req.prompt_ids):
+                return None  # its prompt is still coming in by chunks: wait for it
             return other.block_table[: (len(req.prompt_ids) - 1) // block_size]
     return []
 
