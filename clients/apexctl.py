@@ -124,6 +124,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         profile = load_profile(args.profile)
     except (OSError, KeyError, ValueError) as e:
         sys.exit(f"apexctl simulate: cannot load profile {args.profile!r}: {e}")
+    if args.host:
+        from scheduler.costs.hosts import HOSTS, on_host
+
+        if args.host not in HOSTS:
+            sys.exit(f"apexctl simulate: --host must be one of {sorted(HOSTS)}")
+        try:
+            profile = on_host(profile, HOSTS[args.host])
+        except ValueError as e:
+            sys.exit(f"apexctl simulate: {e}")
     if args.workload not in WORKLOADS:
         sys.exit(f"apexctl simulate: workload must be one of {sorted(WORKLOADS)}")
     policies = args.policies.split(",")
@@ -226,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
         "or a JSON path, spec-derived or measured by `apexctl profile`",
     )
     sim.add_argument("--workload", default="chat", help="chat, cot or neo")
+    sim.add_argument(
+        "--host",
+        help="the host the card is rented with: g4dn.xlarge, g4dn.16xlarge (T4), g5.xlarge, "
+        "g5.16xlarge (A10): its CPU attention rate and CPU tier (default: the profile's)",
+    )
     sim.add_argument("--policies", default="gpu-only,neo,apex")
     sim.add_argument("--tpot-slo-ms", type=float, default=0.0, help="apex's bound (0: default)")
     sim.add_argument("--requests", type=int, default=200, help="per run (per rate, with an SLO)")

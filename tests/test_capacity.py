@@ -59,3 +59,22 @@ def test_apexctl_simulate_answers_how_many_cards_a_rate_needs():
     assert cap["replicas_for_target"] == math.ceil(1 / cap["rate"])
     bad = run(str(BIN / "apexctl"), "simulate", "--slo-ttft-s", "10")
     assert bad.returncode != 0 and "--slo-tpot-ms" in bad.stderr
+
+
+def test_a_host_preset_sets_the_cpu_attention_rate_and_the_cpu_tier():
+    from scheduler.costs.hosts import HOSTS, on_host
+
+    t4 = load_profile("t4-llama2-7b")
+    small, large = (on_host(t4, HOSTS[n]) for n in ("g4dn.xlarge", "g4dn.16xlarge"))
+    assert small.cpu_attention_rate == 2 * 11e9  # 4 vCPUs, 2 left to the processes
+    assert large.cpu_attention_rate == 140.8e9 * 0.7  # the memory channels cap it
+    assert small.cpu_kv_capacity_tokens == (16 - 6) * 2**30 // (512 * 1024)
+    assert large.cpu_kv_capacity_tokens > 20 * small.cpu_kv_capacity_tokens
+    assert small.gpu_kv_capacity_tokens == t4.gpu_kv_capacity_tokens  # the card stays
+    assert "g4dn.xlarge" in small.name and "g4dn.xlarge" in small.device
+    args = [str(BIN / "apexctl"), "simulate", "--host", "g5.xlarge", "--profile"]
+    out = run(*args, "a10-llama3.1-8b", "--requests", "20", "--rate", "2", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["profile"].endswith("@g5.xlarge")
+    bad = run(str(BIN / "apexctl"), "simulate", "--host", "laptop")
+    assert bad.returncode != 0 and "--host must be one of" in bad.stderr
