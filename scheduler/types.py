@@ -50,6 +50,7 @@ class SamplingConfig:
     seed: int = 0
     max_tokens: int = 16
     stop: tuple[str, ...] = ()
+    include_stop_str: bool = False  # the matched stop string stays in the text
     stop_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; N: the chosen token's and the top N

@@ -16,9 +16,9 @@ def tok(models) -> TextTokenizer:
 
 
 def stream(
-    tok: TextTokenizer, prompt: list[int], ids: list[int], stop=()
+    tok: TextTokenizer, prompt: list[int], ids: list[int], stop=(), include_stop: bool = False
 ) -> tuple[list[str], str | None]:
-    d = IncrementalDetokenizer(tok, prompt, tuple(stop))
+    d = IncrementalDetokenizer(tok, prompt, tuple(stop), include_stop)
     deltas, matched = [], None
     for t in ids:
         matched = d.add(t)
@@ -55,6 +55,9 @@ def test_stop_string_split_across_tokens_is_held_back(tok):
     assert matched == "learned"
     assert "".join(deltas) == "the robot "
     assert not any("lea" in d for d in deltas)
+    # include_stop_str_in_output (SGLang: no_stop_trim): the same cut, after the stop
+    deltas, matched = stream(tok, [0], ids, stop=("learned",), include_stop=True)
+    assert matched == "learned" and "".join(deltas) == "the robot learned"
 
 
 @pytest.fixture(scope="module")

@@ -129,7 +129,7 @@ INVALID = [
     ("max_tokens", {"max_tokens": 0}),
     ("max_tokens", {"max_tokens": 10**6}),
     ("bogus_field", {"extra_body": {"bogus_field": 1}}),
-    ("no_stop_trim", {"extra_body": {"no_stop_trim": True}}),  # routers send false
+    ("skip_special_tokens", {"extra_body": {"skip_special_tokens": False}}),  # routers: true
 ]
 
 
@@ -434,3 +434,23 @@ def test_n_samples_prefill_once_and_each_equals_its_seed_alone(which, models, re
     metric = "apex_prompt_tokens_prefilled_total"
     prefilled = value(after, metric) - value(before, metric)
     assert shared > 0 and prefilled == length + (n - 1) * (length - shared)
+
+
+def test_a_stop_string_is_cut_or_kept_as_asked(stack, models):
+    """vLLM's include_stop_str_in_output and SGLang's no_stop_trim keep the matched stop
+    string at the end of the text; by default it is cut."""
+    c, prompt = client(stack), [0, 45, 99, 301, 7, 250]
+    kw = dict(model=name(stack), prompt=prompt, max_tokens=24, temperature=0)
+    plain = c.completions.create(**kw, extra_body={"ignore_eos": True}).choices[0].text
+    stop = next(
+        plain[i : i + 2] for i in range(4, len(plain) - 2) if "\ufffd" not in plain[i : i + 2]
+    )
+    head = plain[: plain.index(stop)]
+    for fields, text in (
+        ({}, head),
+        ({"include_stop_str_in_output": True}, head + stop),
+        ({"no_stop_trim": True}, head + stop),
+    ):
+        body = {"ignore_eos": True, **fields}
+        r = c.completions.create(**kw, stop=[stop], extra_body=body).choices[0]
+        assert (r.text, r.finish_reason, extra(r, "stop_reason")) == (text, "stop", stop)

@@ -15,11 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_N = 64  # samples per prompt: each is a running request of its own
 
 
-# The SGLang fields routers add, at the value this server behaves as: stop strings cut
-# from the text, special tokens skipped, no hidden states, a new assistant turn, and no
-# reasoning parser (so the reasoning switches change nothing at these values).
+# The SGLang fields routers add, at the value this server behaves as: special tokens
+# skipped, no hidden states, a new assistant turn, and no reasoning parser (so the
+# reasoning switches change nothing at these values). no_stop_trim is served.
 ROUTER_DEFAULTS = {
-    "no_stop_trim": False,
     "skip_special_tokens": True,
     "return_hidden_states": False,
     "continue_final_message": False,
@@ -78,17 +77,21 @@ class SamplingFields(Strict):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     return_token_ids: bool = False  # vLLM: the prompt's and each choice's token ids
+    include_stop_str_in_output: bool = False  # vLLM: the matched stop string stays
     # The routers in front of a replica (vllm-router, sglang-router) parse a request
     # into their own model and send it on with these SGLang fields set to their
     # defaults. Each is taken at that default, which is what this server does anyway,
-    # and refused at any other value.
-    no_stop_trim: bool | None = None
+    # and refused at any other value (no_stop_trim is served either way).
+    no_stop_trim: bool = False  # SGLang's include_stop_str_in_output
     skip_special_tokens: bool | None = None
     return_hidden_states: bool | None = None
     continue_final_message: bool | None = None
     separate_reasoning: bool | None = None
     stream_reasoning: bool | None = None
     include_reasoning: bool | None = None
+
+    def keeps_stop(self) -> bool:
+        return self.include_stop_str_in_output or self.no_stop_trim
 
     def stops(self) -> list[str]:
         if self.stop is None:

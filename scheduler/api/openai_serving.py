@@ -119,6 +119,7 @@ def engine_request(served: Served, body: SamplingFields, ids: list[int], limit: 
         repetition_penalty=body.repetition_penalty,
         logit_bias=body.logit_bias,
         min_tokens=body.min_tokens,
+        include_stop_str=body.keeps_stop(),
     )
     return samples(ids, sampling, body.n)
 

@@ -174,6 +174,7 @@ def make_sampling(
     repetition_penalty: float | None = None,
     logit_bias: dict[int, float] | None = None,
     min_tokens: int | None = None,
+    include_stop_str: bool = False,
 ) -> SamplingConfig:
     """Sampling settings from any API's fields (None: the default), each checked and
     named on error as the field it came from."""
@@ -238,6 +239,7 @@ def make_sampling(
         seed=secrets.randbits(63) if seed is None else seed,
         max_tokens=int(max_tokens),
         stop=tuple(stop),
+        include_stop_str=include_stop_str,
         stop_token_ids=frozenset(stop_token_ids),
         ignore_eos=ignore_eos,
         logprobs=logprobs,

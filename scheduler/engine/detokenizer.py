@@ -56,7 +56,13 @@ class IncrementalDetokenizer:
     tokens never leaks into the stream.
     """
 
-    def __init__(self, tokenizer: TextTokenizer, prompt_ids: list[int], stop: tuple[str, ...]):
+    def __init__(
+        self,
+        tokenizer: TextTokenizer,
+        prompt_ids: list[int],
+        stop: tuple[str, ...],
+        include_stop: bool = False,
+    ):
         self.tokenizer = tokenizer
         # Only the tail that is still decoded against: the request keeps the token ids.
         self.ids = list(prompt_ids[-PREFIX_WINDOW:])
@@ -64,6 +70,7 @@ class IncrementalDetokenizer:
         self.text = ""
         self.sent = 0  # characters of text already streamed
         self.stop = stop
+        self.include_stop = include_stop  # vLLM's include_stop_str_in_output
         self.hold = max((len(s) for s in stop), default=1) - 1
 
     def add(self, token: int, stops: bool = True) -> str | None:
@@ -112,7 +119,7 @@ class IncrementalDetokenizer:
             # Only the tail can hold a new match: start where the previous text could end one.
             idx = self.text.find(s, max(0, self.sent - len(s)))
             if idx != -1:
-                self.text = self.text[:idx]
+                self.text = self.text[: idx + len(s) if self.include_stop else idx]
                 return s
         return None
 

@@ -98,7 +98,10 @@ class Engine:
             raise DuplicateRequest(f"request_id {req.request_id!r} is already live")
         self.scheduler.add(req)
         stream = RequestStream(
-            req, IncrementalDetokenizer(self.tokenizer, req.prompt_ids, req.sampling.stop)
+            req,
+            IncrementalDetokenizer(
+                self.tokenizer, req.prompt_ids, req.sampling.stop, req.sampling.include_stop_str
+            ),
         )
         self.streams[req.request_id] = stream
         self.wake.set()
