@@ -100,6 +100,16 @@ def hf_processed_greedy(
     return out
 
 
+def chat_prompt_ids(model: Path, messages) -> list[int]:
+    """The prompt transformers' apply_chat_template makes, as token ids."""
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(str(model)).apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True
+    )
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
 def hf_greedy(path: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """transformers' own greedy generate, fp32, never stopping at EOS."""
     import torch

@@ -17,6 +17,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.factories import (
+    chat_prompt_ids,
     hf_greedy,
     hf_logprobs,
     hf_processed_greedy,
@@ -55,13 +56,6 @@ def client(stack, **kw) -> openai.OpenAI:
 
 def name(stack) -> str:
     return client(stack).models.list().data[0].id
-
-
-def chat_prompt_ids(model, messages) -> list[int]:
-    ids = AutoTokenizer.from_pretrained(str(model)).apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True
-    )
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 def extra(choice, key: str):

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import openai
 import pytest
-from transformers import AutoTokenizer
 
 from common.grpc_server import port_taken
 from launcher.stack import free_port
-from tests.factories import hf_greedy, wait_until
+from tests.factories import chat_prompt_ids, hf_greedy, wait_until
 
 MESSAGES = [
     [{"role": "user", "content": "Tell me about the robot."}],
@@ -60,10 +59,7 @@ class Cluster:
         return float(line.rsplit(" ", 1)[1])
 
     def healthy(self, i: int) -> bool:
-        try:
-            return urllib.request.urlopen(self.replica_url(i) + "/health", timeout=2).status == 200
-        except OSError:
-            return False
+        return answers(self.replica_url(i) + "/health")
 
     def daemon_pid(self, i: int) -> int:
         """The pid of replica i's daemon, found by its HTTP port in /proc."""
@@ -90,7 +86,9 @@ def cluster(models, tmp_path_factory):
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     c = Cluster(proc, http, 2)
     try:
-        ready = wait_until(lambda: proc.poll() is None and router_ready(c), timeout_s=120)
+        ready = wait_until(
+            lambda: proc.poll() is None and answers(c.url + "/health"), timeout_s=120
+        )
         assert ready, Path(log.name).read_text()[-3000:]
         yield c
     finally:
@@ -105,18 +103,12 @@ def cluster(models, tmp_path_factory):
     assert not port_taken("127.0.0.1", http)
 
 
-def router_ready(c: Cluster) -> bool:
+def answers(url: str) -> bool:
+    """Whether GET url answers 200 (a refused or failed call: no)."""
     try:
-        return urllib.request.urlopen(c.url + "/health", timeout=2).status == 200
+        return urllib.request.urlopen(url, timeout=2).status == 200
     except OSError:
         return False
-
-
-def chat_ids(model: Path, messages) -> list[int]:
-    ids = AutoTokenizer.from_pretrained(str(model)).apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True
-    )
-    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 def chat(c: Cluster, messages, max_tokens: int = 8) -> list[int]:
@@ -143,7 +135,7 @@ def test_chat_through_the_router_equals_transformers_and_spreads(cluster, models
         t.start()
     for t in threads:
         t.join(120)
-    expected = [hf_greedy(models["tiny"], chat_ids(models["tiny"], m), 8) for m in MESSAGES]
+    expected = [hf_greedy(models["tiny"], chat_prompt_ids(models["tiny"], m), 8) for m in MESSAGES]
     assert got == [expected[i % 3] for i in range(len(jobs))]
     served = [cluster.served(i) - before[i] for i in range(2)]
     assert sum(served) == len(jobs) and min(served) > 0, served

@@ -94,6 +94,14 @@ class SchedulerConfig:
                 "--max-model-len"
             )
 
+    def prefill_budget(self, decode_rows: int) -> int:
+        """Prompt tokens an iteration may carry: unchunked, max_num_batched_tokens of new
+        prompts; chunked, what the decode rows leave of it (at least a block, so that
+        prompts always progress)."""
+        if not self.chunked_prefill:
+            return self.max_num_batched_tokens
+        return max(self.max_num_batched_tokens - decode_rows, self.block_size)
+
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 

@@ -122,7 +122,7 @@ class Scheduler:
         self.running = decodes
         # The plan shares each block table with its request: nothing changes a table
         # before the executor has run the plan, and the next schedule() makes new ones.
-        budget = self.prefill_budget(decodes)
+        budget = self.config.prefill_budget(sum(1 for r in decodes if not prefilling(r)))
         seqs = []
         for r in decodes:
             fed = r.tokens_from(r.num_computed)
@@ -273,16 +273,6 @@ class Scheduler:
             if r.tier is Tier.GPU and r.target_tier is not Tier.CPU
         )
         return self.gpu.num_free - growth
-
-    def prefill_budget(self, decodes: list[Request]) -> int:
-        """Prompt tokens this iteration may carry: unchunked, max_num_batched_tokens of
-        new prompts; chunked, what the decode rows leave of it (at least a block, so
-        that prompts always progress)."""
-        cfg = self.config
-        if not cfg.chunked_prefill:
-            return cfg.max_num_batched_tokens
-        rows = sum(1 for r in decodes if r.num_computed >= r.num_tokens - 1)
-        return max(cfg.max_num_batched_tokens - rows, cfg.block_size)
 
     def admit(self, budget: int) -> list[SeqPlan]:
         """New (and preempted) requests join, FCFS, prefilled on the GPU tier; the policy
