@@ -163,11 +163,21 @@ def test_a_killed_replica_costs_only_its_requests_and_comes_back(cluster):
         except openai.APIError as e:
             outcomes.append(("error", type(e).__name__, time.monotonic() - t0))
 
-    threads = [threading.Thread(target=long_stream) for _ in range(4)]
-    for t in threads:
-        t.start()
-    load = lambda i: urllib.request.urlopen(c.replica_url(i) + "/get_load", timeout=2).read()  # noqa: E731
-    assert wait_until(lambda: all(b'"num_reqs":0' not in load(i) for i in range(2)), 20)
+    def busy(i: int) -> bool:
+        try:
+            load = urllib.request.urlopen(c.replica_url(i) + "/get_load", timeout=5).read()
+        except OSError:
+            return False
+        return b'"num_reqs":0' not in load
+
+    # The router picks on loads it polls each second, so streams started together can
+    # all land on one replica: start them one at a time until both replicas hold one.
+    threads: list[threading.Thread] = []
+    while len(threads) < 10 and not all(busy(i) for i in range(2)):
+        threads.append(threading.Thread(target=long_stream))
+        threads[-1].start()
+        wait_until(lambda: all(busy(i) for i in range(2)), 2.5)
+    assert all(busy(i) for i in range(2)), f"{len(threads)} streams did not reach both replicas"
     victim = c.daemon_pid(0)
     os.kill(victim, signal.SIGKILL)
     # Requests sent now go to the other replica (the router retries or skips it).
