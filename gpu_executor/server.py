@@ -28,6 +28,7 @@ from gpu_executor.batch import SeqInput, pack
 from gpu_executor.cpu_link import CpuExecutorLost, CpuLink
 from gpu_executor.llama import LlamaModel, sync
 from gpu_executor.probes import ProbeError, probe
+from gpu_executor.row_memory import RowMemory, RowMemoryLost
 from gpu_executor.sampler import RowSampling, logprobs, sample
 from gpu_executor.strategies import forward
 
@@ -41,6 +42,7 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
         self.dataplane_timeout_s = dataplane_timeout_s
         self.link: CpuLink | None = None  # the CPU tier, once attached
         self.lock = threading.Lock()  # one step at a time: the cache is shared state
+        self.memory = RowMemory()  # the rows of the last step, which deltas build on
 
     def GetInfo(self, request, context) -> executor_pb2.ExecutorInfo:
         r, s = self.model, self.model.shape
@@ -85,6 +87,7 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
         with self.lock:
             try:
                 nbytes = self.model.init_cache(request.num_blocks, request.block_size)
+                self.memory.clear()
             except torch.OutOfMemoryError as e:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"KV cache does not fit: {e}")
         log.info(
@@ -127,9 +130,13 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
         if link is not None:
             link.swap_out(cache.k, cache.v, [(c.src, c.dst) for c in request.swap_out])
             link.swap_in(cache.k, cache.v, [(c.src, c.dst) for c in request.swap_in])
+        try:
+            rows = self.memory.resolve(request.seqs)
+        except RowMemoryLost as e:
+            context.abort(grpc.StatusCode.ABORTED, str(e))
         seqs = [
-            SeqInput(list(s.token_ids), s.start_pos, list(s.block_table), s.tier)
-            for s in request.seqs
+            SeqInput(list(s.token_ids), s.start_pos, row.table, s.tier)
+            for s, row in zip(request.seqs, rows, strict=True)
         ]
         try:
             batch = pack(seqs, cache.block_size, model.device)
@@ -142,36 +149,43 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
         sync(model.device)
         if batch.cpu is not None and link is not None:
             link.finish()
-        rows = [
-            RowSampling(
-                temperature=s.sampling.temperature,
-                top_p=s.sampling.top_p or 1.0,
-                top_k=s.sampling.top_k,
-                seed=s.sampling.seed,
-                position=seq.end_pos,
-                logprobs=s.sampling.top_logprobs if s.sampling.logprobs else -1,
-                banned=tuple(s.sampling.banned_token_ids),
-                logit_bias=tuple(s.sampling.logit_bias.items()),
-                repetition_penalty=s.sampling.repetition_penalty,
-                frequency_penalty=s.sampling.frequency_penalty,
-                presence_penalty=s.sampling.presence_penalty,
-                prompt_ids=tuple(s.prompt_token_ids),
-                output_ids=tuple(s.output_token_ids),
-            )
-            for s, seq in zip(request.seqs, seqs, strict=True)
+        self.memory.keep(request.seqs, rows)
+        draws = [
+            row_sampling(s, row.sampling, seq.end_pos)
+            for s, row, seq in zip(request.seqs, rows, seqs, strict=True)
         ]
-        tokens = sample(logits, rows)
+        tokens = sample(logits, draws)
         reply = executor_pb2.StepResponse(step_id=request.step_id, next_tokens=tokens)
-        if any(r.logprobs >= 0 for r in rows):
+        if any(r.logprobs >= 0 for r in draws):
             reply.logprobs.extend(
                 executor_pb2.StepLogprobs(
                     logprob=lp.logprob, top_ids=lp.top_ids, top_logprobs=lp.top_logprobs
                 )
                 if lp is not None
                 else executor_pb2.StepLogprobs()
-                for lp in logprobs(logits, rows, tokens)
+                for lp in logprobs(logits, draws, tokens)
             )
         return reply
+
+
+def row_sampling(
+    s: executor_pb2.SeqStep, sp: executor_pb2.SamplingSpec, position: int
+) -> RowSampling:
+    return RowSampling(
+        temperature=sp.temperature,
+        top_p=sp.top_p or 1.0,
+        top_k=sp.top_k,
+        seed=sp.seed,
+        position=position,
+        logprobs=sp.top_logprobs if sp.logprobs else -1,
+        banned=tuple(sp.banned_token_ids),
+        logit_bias=tuple(sp.logit_bias.items()),
+        repetition_penalty=sp.repetition_penalty,
+        frequency_penalty=sp.frequency_penalty,
+        presence_penalty=sp.presence_penalty,
+        prompt_ids=tuple(s.prompt_token_ids),
+        output_ids=tuple(s.output_token_ids),
+    )
 
 
 def attachment(layout: executor_pb2.CpuTierLayout) -> TierAttachment:

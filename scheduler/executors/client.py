@@ -14,23 +14,10 @@ from typing import TypeVar
 import grpc
 from apex.v1 import executor_pb2, executor_pb2_grpc
 
-from scheduler.types import (
-    ExecutorError,
-    SeqPlan,
-    StepPlan,
-    StepResult,
-    Strategy,
-    Tier,
-    TokenLogprob,
-)
+from scheduler.executors.step_message import StepEncoder
+from scheduler.types import ExecutorError, StepPlan, StepResult, TokenLogprob
 
 T = TypeVar("T")
-
-STRATEGIES = {
-    Strategy.GPU_ONLY: executor_pb2.STRATEGY_GPU_ONLY,
-    Strategy.OVERLAP: executor_pb2.STRATEGY_OVERLAP,
-    Strategy.PIPELINE: executor_pb2.STRATEGY_PIPELINE,
-}
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 2**20),
@@ -70,51 +57,6 @@ async def call(rpc: Awaitable[T]) -> T:
         raise ExecutorError(e.code().name, e.details() or "") from e
 
 
-def seq_step(s: SeqPlan) -> executor_pb2.SeqStep:
-    """One row of the plan. Fields at their defaults are left unset: this is built for
-    every row of every step, and most rows use none of them."""
-    sp = s.request.sampling
-    spec = executor_pb2.SamplingSpec(
-        temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k, seed=sp.seed
-    )
-    step = executor_pb2.SeqStep(
-        request_id=s.request.request_id,
-        token_ids=s.token_ids,
-        start_pos=s.start_pos,
-        block_table=s.block_table,
-        tier=executor_pb2.TIER_CPU if s.tier is Tier.CPU else executor_pb2.TIER_GPU,
-        sampling=spec,
-    )
-    spec = step.sampling
-    if sp.logprobs is not None:
-        spec.logprobs, spec.top_logprobs = True, sp.logprobs
-    if s.banned:
-        spec.banned_token_ids.extend(s.banned)
-    if sp.logit_bias:
-        spec.logit_bias.update(dict(sp.logit_bias))
-    if sp.penalised:  # only then the token lists, which grow with the output
-        spec.repetition_penalty = sp.repetition_penalty
-        spec.frequency_penalty = sp.frequency_penalty
-        spec.presence_penalty = sp.presence_penalty
-        step.output_token_ids.extend(s.request.output_ids)
-        if sp.repetition_penalty != 1.0:
-            step.prompt_token_ids.extend(s.request.prompt_ids)
-    return step
-
-
-def step_request(plan: StepPlan) -> executor_pb2.StepRequest:
-    """One iteration's plan as the GPU executor receives it."""
-    seqs = [seq_step(s) for s in plan.seqs]
-    return executor_pb2.StepRequest(
-        step_id=plan.step_id,
-        seqs=seqs,
-        swap_out=[executor_pb2.BlockCopy(src=a, dst=b) for a, b in plan.swap_out],
-        swap_in=[executor_pb2.BlockCopy(src=a, dst=b) for a, b in plan.swap_in],
-        strategy=STRATEGIES[plan.strategy],
-        pipeline_rows=plan.pipeline_rows,
-    )
-
-
 def step_logprobs(
     plan: StepPlan, reply: executor_pb2.StepResponse
 ) -> list[TokenLogprob | None] | None:
@@ -133,6 +75,7 @@ class GpuExecutorClient:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = executor_pb2_grpc.GpuExecutorStub(self.channel)
+        self.encoder = StepEncoder()
 
     async def info(self, timeout: float = 5.0) -> executor_pb2.ExecutorInfo:
         return await call(self.stub.GetInfo(executor_pb2.ExecutorInfoRequest(), timeout=timeout))
@@ -147,7 +90,16 @@ class GpuExecutorClient:
         return reply.cache_bytes
 
     async def step(self, plan: StepPlan, timeout: float) -> StepResult:
-        reply = await call(self.stub.Step(step_request(plan), timeout=timeout))
+        """One iteration. The message holds deltas against the last step; where the
+        executor no longer holds that step (it restarted), the plan goes again whole."""
+        try:
+            reply = await call(self.stub.Step(self.encoder.encode(plan), timeout=timeout))
+        except ExecutorError as e:
+            self.encoder.forget()
+            if e.code != "ABORTED":  # the executor's refusal of a delta (executor.proto)
+                raise
+            reply = await call(self.stub.Step(self.encoder.encode(plan), timeout=timeout))
+        self.encoder.acknowledge()
         return StepResult(list(reply.next_tokens), step_logprobs(plan, reply))
 
     async def attach_cpu_tier(self, layout: executor_pb2.CpuTierLayout) -> None:
