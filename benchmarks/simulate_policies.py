@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from clients.cli_output import pyplot
@@ -61,7 +60,7 @@ def run(requests: int) -> dict:
                         "vs_gpu_only": r.throughput / g.throughput,
                         "vs_neo": r.throughput / n.throughput,
                         "tpot_p99_vs_gpu_only": r.tpot_p99 / g.tpot_p99,
-                        **asdict(r),
+                        **r.summary(),
                     }
                 )
                 label = policy if slo is None else f"apex@{slo:.0f}ms"

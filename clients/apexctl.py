@@ -114,7 +114,6 @@ def cmd_health(client: ApexClient, args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Runs locally: the scheduler on a virtual clock over a profile (no daemon)."""
-    from dataclasses import asdict
 
     from scheduler.costs.profile import load_profile
     from scheduler.policies import POLICIES
@@ -162,7 +161,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                     "workload": args.workload,
                     "requests": args.requests,
                     "rate": args.rate,
-                    "results": [asdict(r) for r in results],
+                    "results": [r.summary() for r in results],
                 }
             )
         )
@@ -242,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--policies", default="gpu-only,neo,apex")
     sim.add_argument("--tpot-slo-ms", type=float, default=0.0, help="apex's bound (0: default)")
-    sim.add_argument("--requests", type=int, default=200, help="per run (per rate, with an SLO)")
+    sim.add_argument(
+        "--requests", type=int, default=200, help="per run (with an SLO: the floor per rate)"
+    )
     sim.add_argument("--rate", type=float, default=8.0, help="Poisson arrivals per second")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument(
@@ -252,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--target-rate", type=float, help="with an SLO: the cards (replicas) this rate needs"
     )
+    sim.add_argument(
+        "--minutes",
+        type=float,
+        default=30.0,
+        help="with an SLO: simulated minutes of arrivals per rate (at least --requests "
+        "requests, at most 1000; 0: exactly --requests)",
+    )
+    sim.add_argument("--out", type=Path, help="with an SLO: write the JSON here and a PNG beside")
     sim.add_argument("--json", action="store_true")
     mg = sub.add_parser("migrate", help="move a request's KV to the gpu or cpu tier")
     mg.add_argument("request_id")

@@ -17,7 +17,8 @@ from tests.factories import BIN, run
 
 def test_the_capacity_holds_the_slo_and_the_next_rate_up_does_not():
     slo = Slo(ttft_p99_s=10.0, tpot_p99_s=0.15)
-    c = capacity(load_profile("t4-llama2-7b"), WORKLOADS["neo"], "apex", slo, n=40, refine=2)
+    profile = load_profile("t4-llama2-7b")
+    c = capacity(profile, WORKLOADS["neo"], "apex", slo, n=40, refine=2, minutes=0)
     assert c.rate > 0
     at = next(p for p in c.points if p.rate == c.rate)
     assert at.meets(slo)
@@ -25,11 +26,30 @@ def test_the_capacity_holds_the_slo_and_the_next_rate_up_does_not():
     assert above and not above[0].meets(slo)
     assert [p.rate for p in c.points] == sorted(p.rate for p in c.points)
     assert c.replicas_for(c.rate * 2.5) == 3 and c.replicas_for(c.rate) == 1
+    for p in c.points:  # one seed only where it was not near a bound; attainment a share
+        assert p.requests == 40 and p.seeds in (1, 2) and not (p.seeds == 1 and p.close_to(slo))
+        assert 0 <= p.attainment <= 1
+    assert any(p.seeds == 2 for p in c.points)
+    assert at.attainment > above[0].attainment
+
+
+def test_a_run_spans_minutes_of_arrivals_within_its_floor_and_cap():
+    from scheduler.sim.capacity import MAX_REQUESTS, requests_at
+
+    assert requests_at(0.01, 100, 30) == 100  # 18 arrivals in 30 min: the floor
+    assert requests_at(0.5, 100, 30) == 900
+    assert requests_at(5.0, 100, 30) == MAX_REQUESTS
+    assert requests_at(5.0, 40, 0) == 40
 
 
 def test_no_rate_holding_the_slo_is_a_capacity_of_zero_and_no_card_count():
     c = capacity(
-        load_profile("t4-llama2-7b"), WORKLOADS["neo"], "gpu-only", Slo(0.001, 0.001), n=20
+        load_profile("t4-llama2-7b"),
+        WORKLOADS["neo"],
+        "gpu-only",
+        Slo(0.001, 0.001),
+        n=20,
+        minutes=0,
     )
     assert c.rate == 0 and c.replicas_for(1.0) is None
     assert len(c.points) == 7  # halved down to start / 64
@@ -38,7 +58,7 @@ def test_no_rate_holding_the_slo_is_a_capacity_of_zero_and_no_card_count():
     assert Capacity("x", 0.5, ()).replicas_for(1.2) == math.ceil(1.2 / 0.5)
 
 
-def test_apexctl_simulate_answers_how_many_cards_a_rate_needs():
+def test_apexctl_simulate_answers_how_many_cards_a_rate_needs(tmp_path):
     args = [
         str(BIN / "apexctl"),
         "simulate",
@@ -48,6 +68,8 @@ def test_apexctl_simulate_answers_how_many_cards_a_rate_needs():
         "apex",
         "--requests",
         "30",
+        "--minutes",
+        "0",
     ]
     args += ["--slo-ttft-s", "10", "--slo-tpot-ms", "150", "--target-rate", "1"]
     table = run(*args)
@@ -57,6 +79,11 @@ def test_apexctl_simulate_answers_how_many_cards_a_rate_needs():
     cap = out["capacity"][0]
     assert out["simulation"] is True and cap["policy"] == "apex"
     assert cap["replicas_for_target"] == math.ceil(1 / cap["rate"])
+    assert all(p["requests"] == 30 for p in cap["points"])
+    saved = run(*args, "--out", str(tmp_path / "cap.json"))
+    assert saved.returncode == 0, saved.stderr
+    assert json.loads((tmp_path / "cap.json").read_text())["capacity"][0]["rate"] == cap["rate"]
+    assert (tmp_path / "cap.png").stat().st_size > 10_000
     bad = run(str(BIN / "apexctl"), "simulate", "--slo-ttft-s", "10")
     assert bad.returncode != 0 and "--slo-tpot-ms" in bad.stderr
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 from scheduler.core.config import SchedulerConfig
 from scheduler.core.scheduler import Scheduler
@@ -54,6 +54,12 @@ class SimResult:
     mean_batch: float
     decision_ms_p99: float  # scheduler.schedule() wall time, this machine
     strategies: dict[str, int]  # iterations run with each strategy
+    # (TTFT s, TPOT s) of each request counted, for SLO attainment and pooling seeds
+    latencies: tuple[tuple[float, float], ...] = field(default=(), repr=False)
+
+    def summary(self) -> dict:
+        """The figures, without the per-request latencies."""
+        return {k: v for k, v in asdict(self).items() if k != "latencies"}
 
 
 def requests(workload: Workload, n: int, rate: float, max_len: int, seed: int, scale: float = 1.0):
@@ -154,11 +160,8 @@ def summarise(policy, done, steps, decide, sched, used) -> SimResult:
     lo, hi = finish[len(finish) // 10], finish[(9 * len(finish)) // 10]  # steady part
     tokens = sum(n for t, n in steps if lo < t <= hi)
     ttft = [r.first_token_time - r.arrival_time for r in done]
-    tpot = [
-        (r.finish_time - r.first_token_time) / (len(r.output_ids) - 1)
-        for r in done
-        if len(r.output_ids) > 1
-    ]
+    tpot = [tpot_of(r) for r in done if len(r.output_ids) > 1]
+    latencies = tuple((r.first_token_time - r.arrival_time, tpot_of(r)) for r in done)
     return SimResult(
         policy=policy,
         throughput=tokens / (hi - lo) if hi > lo else float("nan"),
@@ -172,4 +175,11 @@ def summarise(policy, done, steps, decide, sched, used) -> SimResult:
         mean_batch=statistics.fmean(n for _, n in steps),
         decision_ms_p99=pct(decide, 99) * 1e3,
         strategies=used,
+        latencies=latencies,
     )
+
+
+def tpot_of(r: Request) -> float:
+    """Seconds per output token after the first (0 for a one-token output)."""
+    n = len(r.output_ids)
+    return (r.finish_time - r.first_token_time) / (n - 1) if n > 1 else 0.0
