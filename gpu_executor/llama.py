@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gpu_executor.batch import PackedBatch
+from gpu_executor.batch import NewPrompts, PackedBatch
 
 
 @dataclass(frozen=True)
@@ -147,10 +147,13 @@ class LlamaModel:
         self.scale = self.shape.head_dim**-0.5
         self.cache: PagedKVCache | None = None
         self.triton_decode = use_triton_decode(decode_kernel, self.device)
+        self.triton_prefill = False  # set with the cache: it depends on the block size
 
     def init_cache(self, num_blocks: int, block_size: int) -> int:
         self.cache = None  # release the old one first: on a GPU both may not fit
         self.cache = PagedKVCache(self.shape, num_blocks, block_size, self.dtype, self.device)
+        # the paged prefill kernel's tl.dot needs 16 or more on each side
+        self.triton_prefill = self.triton_decode and min(block_size, self.shape.head_dim) >= 16
         return self.cache.nbytes
 
     @property
@@ -206,12 +209,13 @@ class LlamaModel:
         li: int,
         q: torch.Tensor,
         batch: PackedBatch,
-        k: torch.Tensor | None = None,
-        v: torch.Tensor | None = None,
+        k: torch.Tensor | None,
+        v: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Attention of the GPU-tier rows; CPU rows are left for the join to fill. With
-        this layer's new K and V (batch order), a prompt that starts at position 0
-        attends over them as they are: no gather from the cache, no mask."""
+        """Attention of the GPU-tier rows; CPU rows are left for the join to fill. k and
+        v: this layer's new K and V in batch order (already written to the cache; only
+        needed when the batch has new prompts, which attend over them as they are,
+        several per call: no gather, no mask)."""
         out = torch.empty_like(q)
         if batch.num_decode_tokens:
             qd = q.index_select(0, batch.decode_token_index)
@@ -220,26 +224,42 @@ class LlamaModel:
                 batch.decode_token_index,
                 self.decode_attention(li, qd, batch.decode_block_tables, batch.decode_context_lens),
             )
-        for p in batch.prefills:
-            span = slice(p.token_start, p.token_end)
-            if p.start_pos == 0 and k is not None and v is not None:
-                out[span] = self.causal_attention(q[span], k[span], v[span])
-            else:
+        if batch.new_prompts and (k is None or v is None):
+            raise RuntimeError("new prompts attend over their new K and V: pass them")
+        for group in batch.new_prompts:
+            out.index_copy_(0, group.out_index, self.causal_attention(q, k, v, group))
+        if batch.continued is not None and self.triton_prefill:
+            from gpu_executor.triton_attention import paged_prefill_attention
+
+            c = batch.continued
+            kc, vc = self.kv.k[li], self.kv.v[li]
+            paged_prefill_attention(
+                q, out, kc, vc, c.block_tables, c.token_starts, c.lens, c.start_positions,
+                c.max_len, self.scale,
+            )  # fmt: skip
+        elif batch.continued is not None:
+            for p in batch.prefills:
+                span = slice(p.token_start, p.token_end)
                 out[span] = self.prefill_attention(li, q[span], p.start_pos, p.block_table)
         return out
 
-    def causal_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """A whole prompt over its own K and V: SDPA's causal path (flash or
-        memory-efficient kernels on CUDA), nothing materialised but the output."""
+    def causal_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: NewPrompts
+    ) -> torch.Tensor:
+        """New prompts over their own K and V, padded to one length: SDPA's causal path
+        (flash or memory-efficient kernels on CUDA), nothing materialised but the output.
+        Returns the real tokens' rows, in `group.out_index` order."""
+        idx = group.token_index  # (P, L)
         o = F.scaled_dot_product_attention(
-            q.transpose(0, 1)[None],  # (1, H, n, d)
-            k.transpose(0, 1)[None],
-            v.transpose(0, 1)[None],
+            q[idx].transpose(1, 2),  # (P, H, L, d)
+            k[idx].transpose(1, 2),
+            v[idx].transpose(1, 2),
             is_causal=True,
             scale=self.scale,
             enable_gqa=self.shape.num_heads != self.shape.num_kv_heads,
         )
-        return o[0].transpose(0, 1)
+        rows = o.transpose(1, 2).reshape(-1, self.shape.num_heads, self.shape.head_dim)
+        return rows.index_select(0, group.valid)
 
     def gather(self, li: int, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., blocks) block ids -> K, V as (..., blocks * block_size, kv_heads, head_dim)."""

@@ -118,8 +118,8 @@ def pipelined_layers(
     # New prompts attend over their own K and V, in batch order like q_all (only built
     # when the step has prompts: decode-only steps read the cache alone).
     kv_shape = (total, model.shape.num_kv_heads, model.shape.head_dim)
-    k_all = torch.empty(kv_shape, dtype=x.dtype, device=dev) if batch.prefills else None
-    v_all = torch.empty(kv_shape, dtype=x.dtype, device=dev) if batch.prefills else None
+    k_all = torch.empty(kv_shape, dtype=x.dtype, device=dev) if batch.new_prompts else None
+    v_all = torch.empty(kv_shape, dtype=x.dtype, device=dev) if batch.new_prompts else None
 
     def ship_b1(li: int) -> None:
         q1, k1, v1 = model.qkv(layers[li], x1, cos1, sin1)

@@ -133,3 +133,97 @@ def test_the_model_s_decode_attention_gives_the_same_through_the_kernel(models):
     model.triton_decode = False
     gathered = model.decode_attention(0, q, tables, lens)
     assert (kernel - gathered).abs().max().item() < 1e-5
+
+
+def prefill_case(chunks, heads, kv_heads, dim, bs, dtype, seed=0):
+    """chunks: (cached prefix, new tokens) each. Every chunk's blocks hold its prefix and
+    its own new K and V (written before attention, as the executor does); slots past
+    each chunk's end and unowned blocks are NaN. q rows of the chunks, laid end to end,
+    with one unrelated row first (the kernel must leave its output alone)."""
+    lens = [p + n for p, n in chunks]
+    _, k, v, tables, _ = make_case(len(chunks), heads, kv_heads, dim, bs, lens, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    total = 1 + sum(n for _, n in chunks)
+    q = torch.randn((total, heads, dim), generator=g).to(dtype).to(DEVICE)
+    starts = [1 + sum(n for _, n in chunks[:i]) for i in range(len(chunks))]
+    meta = [
+        torch.tensor(x, dtype=torch.int64, device=DEVICE)
+        for x in (starts, [n for _, n in chunks], [p for p, _ in chunks])
+    ]
+    return q, k, v, tables, meta
+
+
+def prefill_reference(q, k, v, tables, chunks, starts, scale):
+    """float64: each new token over its chunk's slots up to and including its own."""
+    q, k, v, tables = (t.cpu() for t in (q, k, v, tables))
+    heads, dim, kv_heads = q.shape[1], q.shape[2], k.shape[2]
+    want = {}
+    for c, ((prefix, n), s0) in enumerate(zip(chunks, starts, strict=True)):
+        kr = k[tables[c]].reshape(-1, kv_heads, dim).double()
+        vr = v[tables[c]].reshape(-1, kv_heads, dim).double()
+        group = heads // kv_heads
+        kr, vr = kr.repeat_interleave(group, dim=1), vr.repeat_interleave(group, dim=1)
+        for i in range(n):
+            ctx = prefix + i + 1
+            scores = torch.einsum("hd,nhd->hn", q[s0 + i].double(), kr[:ctx]) * scale
+            want[s0 + i] = torch.einsum("hn,nhd->hd", scores.softmax(-1), vr[:ctx])
+    return want
+
+
+PREFILL_CASES = [
+    # chunks (prefix, new), heads, kv heads, dim, block size, dtype
+    ([(16, 5)], 4, 4, 16, 16, torch.float32),
+    ([(37, 40), (0, 3), (512, 17)], 8, 2, 32, 16, torch.float32),
+    ([(100, 33), (5, 64)], 8, 1, 16, 32, torch.float16),
+    ([(64, 20)], 6, 2, 16, 32, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "heads", "kv_heads", "dim", "bs", "dtype"),
+    PREFILL_CASES,
+    ids=[f"{len(c[0])}chunks-h{c[1]}/{c[2]}-bs{c[4]}-{str(c[5])[6:]}" for c in PREFILL_CASES],
+)
+def test_prefill_kernel_continues_a_cached_prefix_exactly(chunks, heads, kv_heads, dim, bs, dtype):
+    q, k, v, tables, (starts, lens, positions) = prefill_case(
+        chunks, heads, kv_heads, dim, bs, dtype
+    )
+    out = torch.full_like(q, 7.0)
+    scale = dim**-0.5
+    triton_attention.paged_prefill_attention(
+        q, out, k, v, tables, starts, lens, positions, max(n for _, n in chunks), scale
+    )
+    want = prefill_reference(q, k, v, tables, chunks, starts.tolist(), scale)
+    got = out.cpu()
+    assert (got[0] == 7.0).all(), "a row outside the chunks was written"
+    err = max((got[i].double() - w).abs().max().item() for i, w in want.items())
+    assert err < TOLERANCE[dtype], err
+
+
+def test_the_model_s_continued_prefill_gives_the_same_through_the_kernel(models):
+    """The executor's attention() over a batch with a prompt chunk after a cached prefix,
+    a decode row and a new prompt: the kernel path and the gathered SDPA path agree."""
+    from gpu_executor.batch import SeqInput, pack
+    from gpu_executor.llama import LlamaModel
+
+    model = LlamaModel(models["tiny-gqa"], DEVICE, "float32", decode_kernel="triton")
+    model.init_cache(num_blocks=12, block_size=16)
+    assert model.triton_prefill  # the chunk below goes through the paged prefill kernel
+    g = torch.Generator().manual_seed(2)
+    for t in (model.kv.k[0], model.kv.v[0]):
+        t.copy_(torch.randn(t.shape, generator=g))
+    seqs = [
+        SeqInput(list(range(3, 23)), 30, [5, 9, 2, 0]),  # positions 30..49 after a prefix
+        SeqInput([4], 20, [7, 8]),
+        SeqInput(list(range(3, 12)), 0, [10]),
+    ]
+    batch = pack(seqs, 16, torch.device(DEVICE))
+    s = model.shape
+    q = torch.randn((batch.input_ids.shape[0], s.num_heads, s.head_dim), generator=g).to(DEVICE)
+    k = torch.randn((q.shape[0], s.num_kv_heads, s.head_dim), generator=g).to(DEVICE)
+    v = torch.randn_like(k)
+    model.write_kv(0, k, v, batch.slot_mapping)
+    kernel = model.attention(0, q, batch, k, v)
+    model.triton_decode = model.triton_prefill = False
+    gathered = model.attention(0, q, batch, k, v)
+    assert (kernel - gathered).abs().max().item() < 1e-5
