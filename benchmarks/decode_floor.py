@@ -4,7 +4,9 @@ A decode step must read every weight once and every row's KV once: floor = (weig
 bytes + KV bytes) / memory bandwidth, the bandwidth measured here in the same run (a
 large device-to-device copy, bytes read plus written). The step is the executor's own
 GPU-only layer loop over a packed decode batch (`gpu_executor.strategies`), timed after
-a warm-up, median of repeats, synchronised. Reports step / floor per batch size.
+a warm-up, median of repeats, synchronised. Reports step / floor per batch size, and
+the same step through the CUDA-graphed path (`--cuda-graphs`: captured on CUDA, run
+eagerly elsewhere) with its logits' largest difference from the plain step's.
 
     python -m benchmarks.decode_floor --model DIR [--device cuda] [--batches 1,2,4,8,16]
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from gpu_executor.batch import SeqInput, pack
+from gpu_executor.decode_graphs import DecodeGraphs, bucket_for
 from gpu_executor.llama import LlamaModel, sync
 from gpu_executor.strategies import gpu_only_layers
 
@@ -40,27 +43,41 @@ def bandwidth(device: torch.device, mib: int = 1024, repeats: int = 10) -> float
     return 2 * src.nbytes / statistics.median(times)
 
 
-def decode_step_s(model: LlamaModel, rows: int, context: int, repeats: int) -> float:
-    """Median seconds of one GPU-only decode step: `rows` rows of `context` tokens."""
+def decode_rows(model: LlamaModel, rows: int, context: int) -> list[SeqInput]:
     bs = model.kv.block_size
     per_row = -(-(context + 1) // bs)
-    seqs = [
+    return [
         SeqInput([5], context, list(range(r * per_row, (r + 1) * per_row))) for r in range(rows)
     ]
-    batch = pack(seqs, bs, model.device)
+
+
+def timed(fn, device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
+    """Median seconds of fn() after 3 warm-ups, and its last result."""
     times = []
-    with torch.inference_mode():
-        for i in range(repeats + 3):
-            sync(model.device)
-            t = time.perf_counter()
-            x = model.embed_tokens(batch.input_ids)
-            cos, sin = model.rope(batch.positions)
-            x = gpu_only_layers(model, batch, x, cos, sin)
-            model.head(x.index_select(0, batch.last_token_index))
-            sync(model.device)
-            if i >= 3:
-                times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    for i in range(repeats + 3):
+        sync(device)
+        t = time.perf_counter()
+        out = fn()
+        sync(device)
+        if i >= 3:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def decode_step_s(
+    model: LlamaModel, seqs: list[SeqInput], repeats: int
+) -> tuple[float, torch.Tensor]:
+    """Median seconds of one GPU-only decode step over these rows, and its logits."""
+    batch = pack(seqs, model.kv.block_size, model.device)
+
+    @torch.inference_mode()
+    def step() -> torch.Tensor:
+        x = model.embed_tokens(batch.input_ids)
+        cos, sin = model.rope(batch.positions)
+        x = gpu_only_layers(model, batch, x, cos, sin)
+        return model.head(x.index_select(0, batch.last_token_index))
+
+    return timed(step, model.device, repeats)
 
 
 def measure(
@@ -75,28 +92,36 @@ def measure(
     model = LlamaModel(model_dir, device=device, dtype=dtype)
     bs = 16
     per_row = -(-(context + 1) // bs)
-    model.init_cache(per_row * max(batches), bs)
+    model.init_cache(per_row * max(batches) + 1, bs)  # + the graphs' scratch block
     for t in (*model.kv.k, *model.kv.v):  # random KV: never time zeros
         t.normal_()
+    graphs = DecodeGraphs(model, per_row, max_rows=bucket_for(max(batches)) or max(batches))
     bw = bandwidth(model.device, copy_mib)
     shape = model.shape
     kv_token = 2 * shape.num_layers * shape.num_kv_heads * shape.head_dim
     kv_token *= torch.tensor([], dtype=model.dtype).element_size()
     rows = []
     for b in batches:
-        step = decode_step_s(model, b, context, repeats)
+        seqs = decode_rows(model, b, context)
+        step, plain = decode_step_s(model, seqs, repeats)
+        graph_step, graphed = timed(lambda s=seqs: graphs.run(s), model.device, repeats)
         floor = (model.weight_bytes + b * (context + 1) * kv_token) / bw
+        diff = (graphed - plain).abs().max().item()
         rows.append(
             {
                 "batch": b,
                 "step_ms": 1e3 * step,
+                "graph_step_ms": 1e3 * graph_step,
                 "floor_ms": 1e3 * floor,
                 "step_over_floor": step / floor,
+                "graph_over_floor": graph_step / floor,
+                "graph_logits_max_abs_diff": diff,
             }
         )
         print(
-            f"batch {b:3}: step {1e3 * step:8.2f} ms, floor {1e3 * floor:8.2f} ms, "
-            f"{step / floor:5.2f}x"
+            f"batch {b:3}: step {1e3 * step:8.2f} ms, graphed {1e3 * graph_step:8.2f} ms, "
+            f"floor {1e3 * floor:8.2f} ms, {step / floor:5.2f}x / {graph_step / floor:5.2f}x, "
+            f"logits differ by {diff:.2e}"
         )
     name = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else "cpu"
     return {
@@ -108,6 +133,7 @@ def measure(
         "context": context,
         "bandwidth_gb_s": bw / 1e9,
         "decode_kernel": "triton" if model.triton_decode else "gathered SDPA",
+        "graphs": "captured" if graphs.graphs else "static path run eagerly (no CUDA)",
         "rows": rows,
     }
 

@@ -62,6 +62,7 @@ CUDA_TESTS = [
     "tests/test_exactness.py",
     "tests/test_hybrid_exactness.py",
     "tests/test_sampler.py",
+    "tests/test_decode_graphs.py",
 ]
 T4_KV_BYTES = 1.5 * 2**30  # what a 16 GB T4 leaves for KV beside Llama-2-7B's fp16 weights
 

@@ -26,6 +26,7 @@ from dataplane.layout import TierAttachment, layouts
 from dataplane.shm import SharedMemoryError
 from gpu_executor.batch import SeqInput, pack
 from gpu_executor.cpu_link import CpuExecutorLost, CpuLink
+from gpu_executor.decode_graphs import DecodeGraphs
 from gpu_executor.llama import LlamaModel, sync
 from gpu_executor.probes import ProbeError, probe
 from gpu_executor.row_memory import RowMemory, RowMemoryLost
@@ -37,12 +38,32 @@ SERVICE = executor_pb2.DESCRIPTOR.services_by_name["GpuExecutor"].full_name
 
 
 class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
-    def __init__(self, model: LlamaModel, dataplane_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, model: LlamaModel, dataplane_timeout_s: float = 30.0, cuda_graphs: bool = False
+    ) -> None:
         self.model = model
         self.dataplane_timeout_s = dataplane_timeout_s
+        self.cuda_graphs = cuda_graphs
+        self.graphs: DecodeGraphs | None = None  # made with the cache, when asked for
         self.link: CpuLink | None = None  # the CPU tier, once attached
         self.lock = threading.Lock()  # one step at a time: the cache is shared state
         self.memory = RowMemory()  # the rows of the last step, which deltas build on
+
+    def forward(self, seqs: list[SeqInput], request, context) -> torch.Tensor:
+        """The step's logits through the strategy the plan names."""
+        model, link = self.model, self.link
+        try:
+            batch = pack(seqs, model.kv.block_size, model.device)
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        pipelined = request.strategy == executor_pb2.STRATEGY_PIPELINE and batch.cpu is not None
+        if pipelined and request.pipeline_rows < 1:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "PIPELINE needs pipeline_rows >= 1")
+        logits = forward(model, batch, link, request.pipeline_rows if pipelined else 0)
+        sync(model.device)
+        if batch.cpu is not None and link is not None:
+            link.finish()
+        return logits
 
     def GetInfo(self, request, context) -> executor_pb2.ExecutorInfo:
         r, s = self.model, self.model.shape
@@ -84,9 +105,17 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "num_blocks and block_size must be >= 1"
             )
+        graphed = self.cuda_graphs and request.max_blocks_per_seq > 0
+        if self.cuda_graphs and not graphed:
+            log.warning("--cuda-graphs: InitCache gave no max_blocks_per_seq; no graphs")
         with self.lock:
+            self.graphs = None
             try:
-                nbytes = self.model.init_cache(request.num_blocks, request.block_size)
+                # graphed: one more block, the scratch block the padding rows write to
+                blocks = request.num_blocks + (1 if graphed else 0)
+                nbytes = self.model.init_cache(blocks, request.block_size)
+                if graphed:
+                    self.graphs = DecodeGraphs(self.model, request.max_blocks_per_seq)
                 self.memory.clear()
             except torch.OutOfMemoryError as e:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"KV cache does not fit: {e}")
@@ -138,17 +167,11 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
             SeqInput(list(s.token_ids), s.start_pos, row.table, s.tier)
             for s, row in zip(request.seqs, rows, strict=True)
         ]
-        try:
-            batch = pack(seqs, cache.block_size, model.device)
-        except ValueError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        pipelined = request.strategy == executor_pb2.STRATEGY_PIPELINE and batch.cpu is not None
-        if pipelined and request.pipeline_rows < 1:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "PIPELINE needs pipeline_rows >= 1")
-        logits = forward(model, batch, link, request.pipeline_rows if pipelined else 0)
-        sync(model.device)
-        if batch.cpu is not None and link is not None:
-            link.finish()
+        if self.graphs is not None and self.graphs.serves(seqs):
+            logits = self.graphs.run(seqs)
+            sync(model.device)
+        else:
+            logits = self.forward(seqs, request, context)
         self.memory.keep(request.seqs, rows)
         draws = [
             row_sampling(s, row.sampling, seq.end_pos)
@@ -242,6 +265,12 @@ def main(argv: list[str] | None = None) -> None:
         help="GPU-tier decode attention: the Triton paged kernel (auto: on CUDA when "
         "triton imports) or the gathered SDPA path",
     )
+    ap.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay GPU-only decode steps as CUDA graphs, batch sizes bucketed (off until "
+        "a GPU run shows them exact and faster; on the CPU the same static step runs eagerly)",
+    )
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     if not args.dataplane_timeout_s > 0:
@@ -277,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
             ("grpc.max_send_message_length", 64 * 2**20),
         ],
     )
-    servicer = GpuExecutorServicer(model, args.dataplane_timeout_s)
+    servicer = GpuExecutorServicer(model, args.dataplane_timeout_s, args.cuda_graphs)
     executor_pb2_grpc.add_GpuExecutorServicer_to_server(servicer, server)
     serve_until_signalled(server, SERVICE, args.host, args.port, "apex-gpu-executor")
     log.info("stopped")

@@ -31,5 +31,9 @@ def tiny_stack(models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gqa_stack(models, tmp_path_factory):
-    with running_stack(models["tiny-gqa"], tmp_path_factory.mktemp("logs-gqa")) as s:
+    """With --cuda-graphs: on the CPU its decode steps run the graphs' static path
+    eagerly (bucketed batches, padding into the scratch block), so every test of this
+    stack checks that path against transformers too."""
+    log_dir = tmp_path_factory.mktemp("logs-gqa")
+    with running_stack(models["tiny-gqa"], log_dir, executor_args=["--cuda-graphs"]) as s:
         yield s

@@ -27,6 +27,8 @@ def test_greedy_equals_transformers(preset, models, request):
         vocab = c.model_info().vocab_size
     prompts = make_prompts(vocab, seed=len(preset))
     assert_matches_hf(models[preset], prompts, run_concurrently(stack, prompts))
+    if preset == "tiny-gqa":  # its stack runs --cuda-graphs: decode took the static path
+        assert "first static decode step" in stack.logs()
 
 
 def test_text_prompts_equal_transformers(tiny_stack, models):

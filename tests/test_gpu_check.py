@@ -23,6 +23,8 @@ def test_the_gpu_check_walks_every_step_on_the_cpu(tmp_path):
     ]
     floor = json.loads((out / "decode_floor.json").read_text())
     assert floor["bandwidth_gb_s"] > 0 and all(r["step_over_floor"] > 1 for r in floor["rows"])
+    # the graphed path (eager on the CPU) gives the plain step's logits
+    assert all(r["graph_logits_max_abs_diff"] < 1e-4 for r in floor["rows"])
     bench = json.loads((out / "bench_cpu.json").read_text())
     assert {p["policy"] for p in bench["results"]} == {"gpu-only", "neo", "apex"}
     for p in bench["results"]:  # each policy served all, and latencies are ordered

@@ -196,7 +196,7 @@ async def serve(args: argparse.Namespace, credentials: grpc.ServerCredentials | 
         )
     except ValueError as e:
         raise SystemExit(f"apex-scheduler: {e}") from e
-    executors = Executors(gpu, num_blocks, args.block_size, cpu, tier)
+    executors = Executors(gpu, num_blocks, args.block_size, cpu, tier, max_len)
     try:
         await executors.ensure_ready()
     except ExecutorError as e:

@@ -80,13 +80,13 @@ class GpuExecutorClient:
     async def info(self, timeout: float = 5.0) -> executor_pb2.ExecutorInfo:
         return await call(self.stub.GetInfo(executor_pb2.ExecutorInfoRequest(), timeout=timeout))
 
-    async def init_cache(self, num_blocks: int, block_size: int) -> int:
-        reply = await call(
-            self.stub.InitCache(
-                executor_pb2.InitCacheRequest(num_blocks=num_blocks, block_size=block_size),
-                timeout=120.0,
-            )
+    async def init_cache(
+        self, num_blocks: int, block_size: int, max_blocks_per_seq: int = 0
+    ) -> int:
+        request = executor_pb2.InitCacheRequest(
+            num_blocks=num_blocks, block_size=block_size, max_blocks_per_seq=max_blocks_per_seq
         )
+        reply = await call(self.stub.InitCache(request, timeout=120.0))
         return reply.cache_bytes
 
     async def step(self, plan: StepPlan, timeout: float) -> StepResult:

@@ -28,12 +28,14 @@ class Executors:
         block_size: int,
         cpu: CpuExecutorClient | None = None,
         tier: TierSpec | None = None,
+        max_model_len: int = 0,
     ) -> None:
         self.gpu = gpu
         self.cpu = cpu
         self.tier = tier
         self.num_gpu_blocks = num_gpu_blocks
         self.block_size = block_size
+        self.max_blocks_per_seq = -(-max_model_len // block_size)
         self.layout: executor_pb2.CpuTierLayout | None = None
 
     async def ensure_ready(self) -> None:
@@ -51,7 +53,7 @@ class Executors:
         info = await self.gpu.info(timeout=2.0)
         gpu_new = not info.cache_ready
         if gpu_new:
-            await self.gpu.init_cache(self.num_gpu_blocks, self.block_size)
+            await self.gpu.init_cache(self.num_gpu_blocks, self.block_size, self.max_blocks_per_seq)
         if self.layout is not None and (gpu_new or cpu_new):
             await self.gpu.attach_cpu_tier(self.layout)
 

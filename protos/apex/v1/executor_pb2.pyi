@@ -167,12 +167,14 @@ class ExecutorInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., hidden_size: _Optional[int] = ..., num_attention_heads: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_position_embeddings: _Optional[int] = ..., free_device_memory_bytes: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., cache_ready: _Optional[bool] = ..., device_name: _Optional[str] = ...) -> None: ...
 
 class InitCacheRequest(_message.Message):
-    __slots__ = ("num_blocks", "block_size")
+    __slots__ = ("num_blocks", "block_size", "max_blocks_per_seq")
     NUM_BLOCKS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BLOCKS_PER_SEQ_FIELD_NUMBER: _ClassVar[int]
     num_blocks: int
     block_size: int
-    def __init__(self, num_blocks: _Optional[int] = ..., block_size: _Optional[int] = ...) -> None: ...
+    max_blocks_per_seq: int
+    def __init__(self, num_blocks: _Optional[int] = ..., block_size: _Optional[int] = ..., max_blocks_per_seq: _Optional[int] = ...) -> None: ...
 
 class InitCacheResponse(_message.Message):
     __slots__ = ("cache_bytes",)
