@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--workload", default="chat")
     ap.add_argument("--requests", type=int, default=48)
     ap.add_argument("--rate", type=float, default=6.0)
+    ap.add_argument("--rates", default="", help="a sweep, comma-separated (instead of --rate)")
+    ap.add_argument("--slo", default="", help="p99 TTFT s,p99 TPOT ms: attainment and capacity")
     ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--gpu-blocks", type=int, default=48, help="cap the GPU tier: pressure")
     ap.add_argument("--cpu-kv-gb", type=float, default=0.2)
@@ -104,8 +106,8 @@ def main() -> None:
                 args.workload,
                 "--requests",
                 str(args.requests),
-                "--rate",
-                str(args.rate),
+                *(["--rates", args.rates] if args.rates else ["--rate", str(args.rate)]),
+                *slo_args(args.slo),
                 "--scale",
                 str(args.scale),
                 "--out",
@@ -129,6 +131,13 @@ def main() -> None:
     report["noise_floor"] = noise_floor(trace)
     bench.write_text(json.dumps(report, indent=1))
     print(f"profile error over the run: {100 * status.get('profile_mape', float('nan')):.1f}%")
+
+
+def slo_args(slo: str) -> list[str]:
+    if not slo:
+        return []
+    ttft, tpot = slo.split(",")
+    return ["--slo-ttft-s", ttft, "--slo-tpot-ms", tpot]
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """apexctl bench: online load over gRPC, each policy in turn, side by side in one run.
 
 The same Poisson arrivals and lengths (the simulator's workloads, scaled to the model)
-are replayed once per policy; between runs the policy is switched live through the
-admin API and the server is let go idle. Throughput is generated tokens/s over the
-steady part (between the 10th and 90th percentile of finish times); TTFT and TPOT are
-per request, p50 and p99. Writes JSON and a PNG.
+are replayed once per policy (and per rate, with `--rates`); between runs the policy is
+switched live through the admin API and the server is let go idle. Throughput is
+generated tokens/s over the steady part (between the 10th and 90th percentile of finish
+times); TTFT and TPOT are per request, p50 and p99, the first and last 10% of requests
+by arrival left out (as the simulator does). With an SLO (`--slo-ttft-s`,
+`--slo-tpot-ms`) each run reports its attainment, apex takes the SLO's TPOT as its
+bound, and each policy's capacity is the highest rate tried whose p99s meet it. Writes
+JSON and a PNG (the latency-throughput curves when several rates ran).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--policies", default="gpu-only,neo,apex")
     b.add_argument("--requests", type=int, default=64)
     b.add_argument("--rate", type=float, default=4.0, help="Poisson arrivals per second")
+    b.add_argument("--rates", help="several rates, comma-separated: a latency-throughput sweep")
+    b.add_argument("--slo-ttft-s", type=float, default=0.0, help="p99 TTFT bound of an SLO")
+    b.add_argument("--slo-tpot-ms", type=float, default=0.0, help="p99 TPOT bound of an SLO")
     b.add_argument("--scale", type=float, default=0.1, help="length scale for small models")
     b.add_argument("--tpot-slo-ms", type=float, default=0.0, help="apex's bound (0: keep)")
     b.add_argument("--seed", type=int, default=0)
@@ -49,6 +56,7 @@ class Done:
 @dataclass
 class PolicyResult:
     policy: str
+    rate: float
     throughput: float
     ttft_p50: float
     ttft_p99: float
@@ -57,6 +65,7 @@ class PolicyResult:
     requests: int
     errors: int
     strategies: dict[str, int]
+    attainment: float  # share of the counted requests within both SLO bounds (nan: no SLO)
     profile_mape: float  # calibrated online, as the policy uses it
     profile_uncalibrated_mape: float
     predictor_mape: float
@@ -89,7 +98,14 @@ def run_policy(client: ApexClient, arrivals, vocab: int, seed: int) -> list[Done
         return [f.result() for f in futs]
 
 
-def summarise(policy: str, done: list[Done], client: ApexClient, since: int) -> PolicyResult:
+def summarise(
+    policy: str,
+    rate: float,
+    done: list[Done],
+    client: ApexClient,
+    since: int,
+    slo: tuple[float, float] | None,
+) -> PolicyResult:
     ok = [d for d in done if not d.error]
     finish = sorted(d.end for d in ok)
     lo, hi = finish[len(finish) // 10], finish[(9 * len(finish)) // 10]
@@ -110,10 +126,21 @@ def summarise(policy: str, done: list[Done], client: ApexClient, since: int) -> 
 
     from scheduler.sim.simulator import pct  # the simulator's percentile: same definition
 
-    ttft = [d.first - d.arrival for d in ok]
-    tpot = [(d.end - d.first) / (d.tokens - 1) for d in ok if d.tokens > 1]
+    by_arrival = sorted(ok, key=lambda d: d.arrival)
+    cut = len(by_arrival) // 10
+    steady = by_arrival[cut : len(by_arrival) - cut]
+    ttft = [d.first - d.arrival for d in steady]
+    tpot = [(d.end - d.first) / (d.tokens - 1) for d in steady if d.tokens > 1]
+    attained = float("nan")
+    if slo is not None and steady:
+        met = sum(
+            d.first - d.arrival <= slo[0] and (d.end - d.first) / max(1, d.tokens - 1) <= slo[1]
+            for d in steady
+        )
+        attained = met / len(steady)
     return PolicyResult(
         policy=policy,
+        rate=rate,
         throughput=tokens / (hi - lo) if hi > lo else float("nan"),
         ttft_p50=pct(ttft, 50),
         ttft_p99=pct(ttft, 99),
@@ -122,6 +149,7 @@ def summarise(policy: str, done: list[Done], client: ApexClient, since: int) -> 
         requests=len(done),
         errors=len(done) - len(ok),
         strategies=strategies,
+        attainment=attained,
         profile_mape=mape("profile_predicted_ms"),
         profile_uncalibrated_mape=mape("profile_uncalibrated_ms"),
         predictor_mape=st.predictor_mape,
@@ -143,27 +171,38 @@ def cmd_bench(client: ApexClient, args: argparse.Namespace) -> int:
 
     if args.workload not in WORKLOADS:
         raise SystemExit(f"apexctl bench: workload must be one of {sorted(WORKLOADS)}")
-    if args.requests < 2 or args.rate <= 0 or args.scale <= 0:
-        raise SystemExit("apexctl bench: --requests >= 2, --rate > 0 and --scale > 0")
+    try:
+        rates = [float(r) for r in args.rates.split(",")] if args.rates else [args.rate]
+    except ValueError:
+        raise SystemExit(f"apexctl bench: --rates must be numbers, got {args.rates!r}") from None
+    if args.requests < 2 or min(rates) <= 0 or args.scale <= 0:
+        raise SystemExit("apexctl bench: --requests >= 2, rates > 0 and --scale > 0")
+    if (
+        bool(args.slo_ttft_s) != bool(args.slo_tpot_ms)
+        or min(args.slo_ttft_s, args.slo_tpot_ms) < 0
+    ):
+        raise SystemExit("apexctl bench: an SLO needs both --slo-ttft-s and --slo-tpot-ms (> 0)")
+    slo = (args.slo_ttft_s, args.slo_tpot_ms / 1e3) if args.slo_ttft_s else None
     info = client.model_info()
-    arrivals = requests(
-        WORKLOADS[args.workload],
-        args.requests,
-        args.rate,
-        info.max_model_len,
-        args.seed,
-        args.scale,
-    )
     before = client.policy()
     results: list[PolicyResult] = []
     try:
         for name in args.policies.split(","):
-            wait_idle(client)
-            client.policy(name, args.tpot_slo_ms)
-            since = max((t.step_id for t in client.trace(1)), default=0)
-            print(f"{name}: {args.requests} requests at {args.rate}/s ...", file=sys.stderr)
-            done = run_policy(client, arrivals, info.vocab_size, args.seed)
-            results.append(summarise(name, done, client, since))
+            for rate in sorted(rates):
+                arrivals = requests(
+                    WORKLOADS[args.workload],
+                    args.requests,
+                    rate,
+                    info.max_model_len,
+                    args.seed,
+                    args.scale,
+                )
+                wait_idle(client)
+                client.policy(name, args.tpot_slo_ms or args.slo_tpot_ms)
+                since = max((t.step_id for t in client.trace(1)), default=0)
+                print(f"{name}: {args.requests} requests at {rate}/s ...", file=sys.stderr)
+                done = run_policy(client, arrivals, info.vocab_size, args.seed)
+                results.append(summarise(name, rate, done, client, since, slo))
     finally:
         wait_idle(client)
         client.policy(before.name, before.tpot_slo_ms)
@@ -175,28 +214,61 @@ def cmd_bench(client: ApexClient, args: argparse.Namespace) -> int:
         "workload": args.workload,
         "scale": args.scale,
         "requests": args.requests,
-        "rate": args.rate,
+        "rates": sorted(rates),
         "results": [asdict(r) for r in results],
     }
+    if slo is not None:
+        report["slo"] = {"ttft_p99_s": slo[0], "tpot_p99_s": slo[1]}
+        report["capacity"] = capacities(results, slo)
     args.out.write_text(json.dumps(report, indent=1))
     print_table(results)
+    if slo is not None:
+        for policy, rate in report["capacity"].items():
+            print(f"{policy}: {rate:g} requests/s at the SLO (the highest rate tried that met it)")
     png = args.out.with_suffix(".png")
-    if plot(results, png, f"{info.model} on {info.device}, {args.workload}"):
+    title = f"{info.model} on {info.device}, {args.workload}"
+    if len(rates) > 1:
+        from clients.capacity_plot import plot_curves
+
+        curves: dict[str, list[PolicyResult]] = {}
+        for r in results:
+            curves.setdefault(r.policy, []).append(r)
+        bounds = slo or (math.inf, math.inf)
+        drawn = plot_curves(curves, report.get("capacity", {}), bounds, png, title)
+    else:
+        drawn = plot(results, png, title)
+    if drawn:
         print(f"wrote {args.out} and {png}")
     return 1 if any(r.errors for r in results) else 0
 
 
+def capacities(results: list[PolicyResult], slo: tuple[float, float]) -> dict[str, float]:
+    """Per policy, the highest rate of the sweep below which every rate run met the SLO
+    (p99 TTFT and p99 TPOT, no errors); 0 where the lowest did not."""
+    out: dict[str, float] = {}
+    for policy in dict.fromkeys(r.policy for r in results):
+        out[policy] = 0.0
+        for r in sorted((r for r in results if r.policy == policy), key=lambda r: r.rate):
+            if r.errors or r.ttft_p99 > slo[0] or r.tpot_p99 > slo[1]:
+                break
+            out[policy] = r.rate
+    return out
+
+
 def print_table(results: list[PolicyResult]) -> None:
-    base = results[0].throughput
+    """ratio: throughput against the first policy's at the same rate."""
+    first = {}
+    for r in results:
+        first.setdefault(r.rate, r.throughput)
     print(
-        f"{'policy':9} {'tok/s':>8} {'ratio':>6} {'TTFT p50/p99 s':>16} {'TPOT p50/p99 ms':>17}"
-        f" {'profile err':>11} errors  strategies"
+        f"{'policy':9} {'rate':>6} {'tok/s':>8} {'ratio':>6} {'TTFT p50/p99 s':>16} "
+        f"{'TPOT p50/p99 ms':>17} {'attained':>8} {'profile err':>11} errors  strategies"
     )
     for r in results:
         print(
-            f"{r.policy:9} {r.throughput:8.1f} {r.throughput / base:6.2f} "
+            f"{r.policy:9} {r.rate:6.3g} {r.throughput:8.1f} {r.throughput / first[r.rate]:6.2f} "
             f"{r.ttft_p50:7.2f}/{r.ttft_p99:<8.2f} {r.tpot_p50 * 1e3:7.1f}/{r.tpot_p99 * 1e3:<9.1f}"
-            f" {100 * r.profile_mape:10.1f}% {r.errors:6}  {r.strategies}"
+            f" {r.attainment:8.1%} {100 * r.profile_mape:10.1f}% {r.errors:6}  {r.strategies}"
         )
 
 
