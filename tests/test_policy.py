@@ -14,7 +14,7 @@ from scheduler.costs.profile import Profile
 from scheduler.policies import make_policy
 from scheduler.policies.apex import ApexPolicy
 from scheduler.sim.simulator import WORKLOADS, simulate
-from scheduler.types import Request, SamplingConfig, SeqPlan, Strategy, Tier
+from scheduler.types import Request, SamplingConfig, SeqPlan, Status, Strategy, Tier
 
 T4 = Profile.load("t4-llama2-7b")
 
@@ -194,13 +194,50 @@ def test_switching_to_gpu_only_with_rows_on_the_cpu_tier_keeps_them_decoding():
     assert any(r.tier is Tier.CPU for r in s.running)
     s.set_policy(make_policy("gpu-only", T4))
     while s.has_work():
-        decoding = {r.request_id for r in s.running}
+        on_cpu = {r.request_id for r in s.running if r.tier is Tier.CPU}
+        decoding = {r.request_id: r for r in s.running}
         plan = s.schedule()
         ran = {x.request.request_id for x in plan.seqs}
-        assert decoding <= ran, "a running request missed its token"
+        assert on_cpu <= ran, "a row on the CPU tier missed its token"
+        # a GPU row that missed one was evicted when the GPU tier filled: gpu-only parks
+        # it on the CPU tier (swap) or requeues it, as vLLM does
+        for rid in decoding.keys() - ran:
+            assert decoding[rid].status in (Status.SWAPPED, Status.WAITING), rid
         cpu_rows = [x for x in plan.seqs if x.tier is Tier.CPU]
         # rows already on the CPU tier keep decoding there (overlap) until moved back
         assert plan.strategy is (Strategy.OVERLAP if cpu_rows else Strategy.GPU_ONLY)
         s.update(plan, [2] * len(plan.seqs))
     assert s.num_swap_ins > 0, "they move back to the GPU as room returns"
     assert not s.requests and s.gpu.num_used == 0 and s.cpu.num_used == 0
+
+
+def test_apex_spills_gpu_rows_to_the_cpu_so_a_waiting_prompt_starts_now():
+    """A GPU tier full of decoding rows and a prompt that does not fit: apex moves the
+    newest GPU rows to the CPU tier in the same plan (swap-out before the forward pass)
+    and prefills the prompt; gpu-only and neo leave it waiting; apex with a bound the
+    CPU rows would break does not spill."""
+
+    def filled(policy) -> Scheduler:
+        s = sched_with(policy, gpu_blocks=32)
+        for i in range(3):  # 3 x (100 + 20) tokens: 24 blocks, 8 left
+            s.add(new(f"r{i}", prompt=100, out=300))
+        run(s, 20)
+        assert all(r.tier is Tier.GPU for r in s.running) and len(s.running) == 3
+        s.add(new("late", prompt=200, out=50))  # 13 blocks: more than the 8 free
+        return s
+
+    s = filled(make_policy("apex", T4, 0.2))
+    free_before = s.gpu.num_free
+    plan = s.schedule()
+    assert "late" in {x.request.request_id for x in plan.seqs if x.is_prefill}
+    moved = [r for r in s.running if r.tier is Tier.CPU]
+    assert moved and plan.swap_out, "a GPU row went to the CPU tier in the same plan"
+    assert [r.request_id for r in moved] == ["r2"]  # the newest, and only what was short
+    assert s.gpu.num_free + 13 >= free_before  # the prompt took what the move freed
+    for policy in (make_policy("gpu-only", T4), make_policy("neo", T4)):
+        s = filled(policy)
+        plan = s.schedule()
+        assert "late" not in {x.request.request_id for x in plan.seqs} and not plan.swap_out
+    s = filled(make_policy("apex", T4, 0.001))  # no CPU row fits such a bound
+    plan = s.schedule()
+    assert not plan.swap_out and [r.request_id for r in s.waiting] == ["late"]

@@ -20,8 +20,9 @@ from itertools import chain
 
 from scheduler.core.block_manager import BlockAllocator
 from scheduler.core.config import SchedulerConfig, forced
-from scheduler.core.prompt_sharing import lends_prompt, prefilling, prompt_blocks
+from scheduler.core.prompt_sharing import prefilling, prompt_blocks
 from scheduler.core.stops import banned_tokens, check_stop
+from scheduler.core.tier_moves import TierMoves
 from scheduler.core.view import PolicyPort, SchedulerView
 from scheduler.types import (
     FinishReason,
@@ -34,7 +35,7 @@ from scheduler.types import (
 )
 
 
-class Scheduler:
+class Scheduler(TierMoves):
     def __init__(
         self,
         config: SchedulerConfig,
@@ -119,6 +120,8 @@ class Scheduler:
         self.future_free = None  # counted when swap-in or admission first needs it
         if not preempted:
             self.swap_in_when_room(decodes)
+            if self.waiting and not self.swapped:
+                self.spill_for_prompt(decodes)
         self.running = decodes
         # The plan shares each block table with its request: nothing changes a table
         # before the executor has run the plan, and the next schedule() makes new ones.
@@ -183,97 +186,6 @@ class Scheduler:
                     break
         return decodes
 
-    def evict(self, victim: Request, preempted: list[Request]) -> bool:
-        """Free the victim's blocks on its tier; True if it keeps decoding on the CPU."""
-        victim.pinned, victim.target_tier = False, None
-        movable = victim.tier is Tier.GPU and self.cpu is not None and not prefilling(victim)
-        if movable and self.move(victim, Tier.CPU):
-            if not self.cpu_attention:  # attention stays on the GPU: park it
-                victim.status = Status.SWAPPED
-                self.swapped.append(victim)
-                return False
-            return True
-        self.preempt(victim)
-        preempted.append(victim)
-        return False
-
-    def move_to_targets(self, decodes: list[Request]) -> None:
-        """Requests placed (or pinned) on the other tier move there once it has room."""
-        for req in [*decodes, *self.swapped]:
-            if req.target_tier is None or req.target_tier is req.tier:
-                continue
-            if req.tier is Tier.GPU and (lends_prompt(req) or prefilling(req)):
-                continue  # it moves once its prompt is in, and held by its other samples
-            if self.move(req, req.target_tier) and req.status is Status.SWAPPED:
-                self.resume(req, decodes)
-
-    def swap_in_when_room(self, decodes: list[Request]) -> None:
-        """Back to the GPU, oldest first, when its whole remaining future fits there."""
-        if self.cpu is None or self.placement == "cpu" or self._out:
-            return
-        parked = [*self.swapped, *(r for r in decodes if r.tier is Tier.CPU and not r.pinned)]
-        if not parked:
-            return
-        self.count_future_free(decodes)
-        parked.sort(key=lambda r: r.arrival_time)
-        for req in parked:
-            future = self.future_blocks(req)
-            if self.future_free < future or not self.move(req, Tier.GPU):
-                break
-            self.future_free -= future
-            req.target_tier = None
-            if req.status is Status.SWAPPED:
-                self.resume(req, decodes)
-
-    def resume(self, req: Request, decodes: list[Request]) -> None:
-        self.swapped.remove(req)
-        req.status = Status.RUNNING
-        decodes.append(req)
-
-    def move(self, req: Request, to: Tier) -> bool:
-        """Move the request's KV to the other tier: new blocks there (room for the token
-        this step adds), copies of the blocks holding KV, the old blocks freed."""
-        if to is req.tier:
-            return True
-        if self._in if to is Tier.CPU else self._out:
-            return False  # one direction per plan
-        dst = self.alloc(to)
-        need = self.config.blocks_for(req.num_tokens)
-        if dst.num_free < need:
-            return False
-        new = dst.allocate(need)
-        used = self.config.blocks_for(req.num_computed)
-        pairs = list(zip(req.block_table[:used], new[:used], strict=True))
-        if to is Tier.CPU:
-            self._out += pairs
-            self.num_swap_outs += 1
-        else:
-            self._in += pairs
-            self.num_swap_ins += 1
-        self.alloc(req.tier).free(req.block_table)
-        req.block_table, req.tier = new, to
-        req.migrations += 1
-        return True
-
-    def future_blocks(self, req: Request) -> int:
-        return self.config.future_blocks(req)
-
-    def count_future_free(self, running: list[Request]) -> None:
-        """At most once per iteration: a block allocated for growth lowers the free count
-        and the growth still to come alike, so from here only moves and admissions change
-        it, and they keep `future_free` up to date themselves."""
-        if self.future_free is None:
-            self.future_free = self.gpu_future_free(running)
-
-    def gpu_future_free(self, running: list[Request]) -> int:
-        """Free GPU blocks less what the running GPU requests will still grow into."""
-        growth = sum(
-            self.future_blocks(r) - len(r.block_table)
-            for r in running
-            if r.tier is Tier.GPU and r.target_tier is not Tier.CPU
-        )
-        return self.gpu.num_free - growth
-
     def admit(self, budget: int) -> list[SeqPlan]:
         """New (and preempted) requests join, FCFS, prefilled on the GPU tier; the policy
         says where their KV goes next, or that they wait. Chunked, a prompt longer than
@@ -281,8 +193,6 @@ class Scheduler:
         cfg = self.config
         seqs: list[SeqPlan] = []
         admitted: list[Request] = []
-        if self.waiting:
-            self.count_future_free(self.running)
         while self.waiting and len(self.running) < cfg.max_num_seqs:
             req = self.waiting[0]
             prefix = prompt_blocks(req, admitted, cfg.block_size)
@@ -324,11 +234,7 @@ class Scheduler:
             return Tier.GPU
         if self.placement == "cpu":
             return Tier.CPU
-        if self.future_free is None:
-            raise RuntimeError("place() runs in admission, after the future-free count")
-        view = SchedulerView(
-            self.config, True, self.gpu.num_free, self.future_free, self.step_id, self.running
-        )
+        view = SchedulerView(self.config, True, self.gpu.num_free, self.step_id, self.running)
         return self.policy.place(view, req, admitted)
 
     def preempt(self, req: Request) -> None:

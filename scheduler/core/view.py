@@ -24,8 +24,6 @@ class SchedulerView:
     config: SchedulerConfig
     has_cpu_tier: bool
     gpu_free_blocks: int
-    # Free GPU blocks less what the running GPU requests will still grow into.
-    gpu_future_free: int
     step_id: int
     running: Sequence[Request]
 
@@ -54,6 +52,11 @@ class PolicyPort(Protocol):
 
     def select(self, seqs: list[SeqPlan]) -> list[SeqPlan]:
         """The rows that run this iteration; the others wait."""
+        ...
+
+    def spill(self, view: SchedulerView, victims: list[Request]) -> bool:
+        """Whether these running GPU rows may move to the CPU tier so that a waiting
+        prompt can be prefilled now."""
         ...
 
     def choose(self, seqs: list[SeqPlan]) -> Decision:

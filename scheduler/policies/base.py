@@ -76,6 +76,11 @@ class Policy:
         """The rows that run this iteration; the others wait (NEO lets CPU rows wait)."""
         return seqs
 
+    def spill(self, view: SchedulerView, victims: list[Request]) -> bool:
+        """Whether running GPU rows may move to the CPU tier to let a prompt in (only
+        apex says yes: the others wait for the GPU, as their papers do)."""
+        return False
+
     def choose(self, seqs: list[SeqPlan]) -> Decision:
         w = work_of(seqs)
         if self.cost is None:
@@ -87,15 +92,11 @@ class Policy:
         return self.name
 
 
-def gpu_future_fits(view: SchedulerView, req: Request, admitted: list[Request]) -> bool:
-    """Every GPU-placed request's whole future stays on the GPU: reserve it at admission."""
-    taken = sum(
-        view.blocks_for(r.num_tokens)  # staged there for its prefill only
-        if r.target_tier is Tier.CPU
-        else view.future_blocks(r)
-        for r in admitted
-    )
-    return view.gpu_future_free - taken >= view.future_blocks(req)
+def gpu_fits_now(view: SchedulerView, req: Request) -> bool:
+    """Its KV and its next token fit in the GPU blocks free now (vLLM's admission; the
+    future is not reserved). The prompts admitted before it this round hold their
+    blocks already: the free count has them."""
+    return view.blocks_for(req.num_tokens + 1) <= view.gpu_free_blocks
 
 
 class GpuOnlyPolicy(Policy):
@@ -128,26 +129,34 @@ class CostedPolicy(Policy):
     def __init__(self, cost: CostModel) -> None:
         super().__init__(cost)
         self.cost: CostModel = cost
-        self._base: tuple[int, tuple[float, list[float]]] = (-1, (0.0, []))
+        self._base: tuple[int, tuple[float, list[float], float]] = (-1, (0.0, [], 0.0))
 
     def cpu_work(self, view: SchedulerView, admitted: list[Request]) -> Work:
-        """The load the CPU tier will carry on average: running CPU rows and those just
-        admitted for it, each at its expected context; GPU rows at theirs. The running
-        part is summed once per iteration (admission asks several times)."""
+        """The load the tiers will carry on average: each row at its expected context;
+        CPU rows, and GPU rows beyond what the GPU tier holds at those contexts (they
+        are the ones that will move there), on the CPU. The running part is summed once
+        per iteration (admission asks several times)."""
+        capacity = view.config.num_gpu_blocks * view.config.block_size
         if self._base[0] != view.step_id:
-            self._base = (view.step_id, self.load_of(view.running))
-        gctx, cctx = self._base[1]
-        more_g, more_c = self.load_of(admitted)
+            self._base = (view.step_id, load_of(view.running, capacity))
+        gctx, cctx, held = self._base[1]
+        more_g, more_c, _ = load_of(admitted, capacity, held)
         rows = len(view.running) + len(admitted)
         cpu = (*cctx, *more_c)
         return Work(rows, rows, gctx + more_g, cpu, rows - len(cpu))
 
-    @staticmethod
-    def load_of(reqs: Sequence[Request]) -> tuple[float, list[float]]:
-        gctx, cctx = 0.0, []
-        for r in reqs:
-            if r.tier is Tier.CPU or r.target_tier is Tier.CPU:
-                cctx.append(expected_context(r))
-            else:
-                gctx += expected_context(r)
-        return gctx, cctx
+
+def load_of(
+    reqs: Sequence[Request], gpu_capacity: int, held: float = 0.0
+) -> tuple[float, list[float], float]:
+    """(GPU context, CPU contexts, GPU tokens held) of these requests at their expected
+    contexts, oldest first; `held`: what the GPU tier holds already."""
+    gctx, cctx = 0.0, []
+    for r in reqs:
+        e = expected_context(r)
+        if r.tier is Tier.CPU or r.target_tier is Tier.CPU or held + e > gpu_capacity:
+            cctx.append(e)
+        else:
+            gctx += e
+            held += e
+    return gctx, cctx, held

@@ -24,8 +24,8 @@ class NeoPolicy(CostedPolicy):
             return Tier.GPU
         if any(r.target_tier is Tier.CPU for r in admitted):
             return Tier.CPU  # one went to the CPU this round: later ones follow (FCFS)
-        staged = sum(view.blocks_for(r.num_tokens) for r in admitted)
-        fits = view.blocks_for(req.num_tokens) + staged <= view.gpu_free_blocks
+        # the prompts admitted before it hold their blocks already: the free count has them
+        fits = view.blocks_for(req.num_tokens) <= view.gpu_free_blocks
         return Tier.GPU if fits else Tier.CPU
 
     def select(self, seqs: list[SeqPlan]) -> list[SeqPlan]:

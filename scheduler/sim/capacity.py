@@ -103,15 +103,22 @@ def run_at(
     n: int = 100,
     seed: int = 0,
     minutes: float = 30.0,
+    sims: dict[tuple, SimResult] | None = None,
 ) -> RatePoint:
-    """One rate's steady-state point; apex gets the SLO's TPOT bound as its own."""
+    """One rate's steady-state point; apex gets the SLO's TPOT bound as its own. `sims`
+    keeps the runs for other SLOs on the same profile and workload (only apex's depend
+    on the SLO)."""
     tpot = slo.tpot_p99_s if policy == "apex" else None
     count = requests_at(rate, n, minutes)
+    sims = {} if sims is None else sims
 
     def once(s: int) -> SimResult:
-        return simulate(
-            profile, workload, policy, n=count, rate=rate, seed=s, tpot_slo_s=tpot, steady=True
-        )
+        key = (policy, rate, count, s, tpot)
+        if key not in sims:
+            sims[key] = simulate(
+                profile, workload, policy, n=count, rate=rate, seed=s, tpot_slo_s=tpot, steady=True
+            )
+        return sims[key]
 
     runs = [once(seed)]
     point = rate_point(rate, count, runs, slo)
@@ -131,17 +138,17 @@ def capacity(
     start_rate: float = 0.01,
     refine: int = 4,
     minutes: float = 30.0,
-    runs: dict[float, RatePoint] | None = None,
+    sims: dict[tuple, SimResult] | None = None,
 ) -> Capacity:
     """From `start_rate`, halve until the SLO holds (capacity 0 if it never does), then
     double until it breaks, then bisect `refine` times between the last rate that held
-    and the first that did not. `n` is the floor of requests per run; `runs`, points
-    already measured for this policy and SLO, is filled in as the search goes."""
-    runs = {} if runs is None else runs
+    and the first that did not. `n` is the floor of requests per run; `sims` (see
+    `run_at`) is filled in as the search goes."""
+    runs: dict[float, RatePoint] = {}
 
     def at(rate: float) -> RatePoint:
         if rate not in runs:
-            runs[rate] = run_at(profile, workload, policy, rate, slo, n, seed, minutes)
+            runs[rate] = run_at(profile, workload, policy, rate, slo, n, seed, minutes, sims)
         return runs[rate]
 
     lo, hi = 0.0, start_rate

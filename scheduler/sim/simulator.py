@@ -91,9 +91,11 @@ def simulate(
     seed: int = 0,
     tpot_slo_s: float | None = None,
     steady: bool = False,
+    scale: float = 1.0,
 ) -> SimResult:
     """Runs `n` arrivals to completion. steady: latency percentiles leave out the first
-    and last 10% of requests by arrival (the queue filling and draining)."""
+    and last 10% of requests by arrival (the queue filling and draining). scale: the
+    lengths shrunk as `apexctl bench --scale` shrinks them (same arrivals, same seed)."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
     gpu_blocks = profile.gpu_kv_capacity_tokens // BLOCK
@@ -114,7 +116,7 @@ def simulate(
     sched = Scheduler(
         cfg, frozenset(), clock=lambda: now[0], policy=make_policy(policy, profile, tpot_slo_s)
     )
-    pending = requests(workload, n, rate, max_len, seed)
+    pending = requests(workload, n, rate, max_len, seed, scale)
     live: list[Request] = []
     done: list[Request] = []
     steps: list[tuple[float, int]] = []
