@@ -66,6 +66,8 @@ class PolicyResult:
     errors: int
     strategies: dict[str, int]
     attainment: float  # share of the counted requests within both SLO bounds (nan: no SLO)
+    first_step: int  # the daemon's iterations this run covered (its trace's step ids)
+    last_step: int
     profile_mape: float  # calibrated online, as the policy uses it
     profile_uncalibrated_mape: float
     predictor_mape: float
@@ -150,6 +152,8 @@ def summarise(
         errors=len(done) - len(ok),
         strategies=strategies,
         attainment=attained,
+        first_step=since + 1,
+        last_step=max((t.step_id for t in trace), default=since),
         profile_mape=mape("profile_predicted_ms"),
         profile_uncalibrated_mape=mape("profile_uncalibrated_ms"),
         predictor_mape=st.predictor_mape,

@@ -40,6 +40,25 @@ WORKLOADS = {
 }
 
 
+@dataclass(frozen=True)
+class LoopCost:
+    """What a real daemon's iteration costs beyond the profile's step: the step itself
+    scaled (a machine busier than when the profile was measured), and the host-side
+    loop between steps (scheduling, bookkeeping, streaming), per step and per row.
+    Fitted from a live run's trace (benchmarks/sim_vs_stack.py); none by default."""
+
+    scale: float = 1.0
+    per_step_s: float = 0.0
+    per_row_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.scale > 0 or self.per_step_s < 0 or self.per_row_s < 0:
+            raise ValueError(f"a loop cost needs scale > 0 and times >= 0, got {self}")
+
+    def of(self, step_s: float, rows: int) -> float:
+        return self.scale * step_s + self.per_step_s + self.per_row_s * rows
+
+
 @dataclass
 class SimResult:
     policy: str
@@ -92,10 +111,12 @@ def simulate(
     tpot_slo_s: float | None = None,
     steady: bool = False,
     scale: float = 1.0,
+    loop: LoopCost | None = None,
 ) -> SimResult:
     """Runs `n` arrivals to completion. steady: latency percentiles leave out the first
     and last 10% of requests by arrival (the queue filling and draining). scale: the
-    lengths shrunk as `apexctl bench --scale` shrinks them (same arrivals, same seed)."""
+    lengths shrunk as `apexctl bench --scale` shrinks them (same arrivals, same seed).
+    loop: the daemon's own cost per iteration on top of the profile's step."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
     gpu_blocks = profile.gpu_kv_capacity_tokens // BLOCK
@@ -141,7 +162,8 @@ def simulate(
         if plan is None:
             now[0] = pending[i][0]
             continue
-        now[0] += step_time(profile, plan)
+        step = step_time(profile, plan)
+        now[0] += loop.of(step, len(plan.seqs)) if loop is not None else step
         updated = sched.update(plan, [2] * len(plan.seqs))
         steps.append((now[0], len(updated)))
         used[plan.strategy.value] = used.get(plan.strategy.value, 0) + 1
