@@ -152,7 +152,7 @@ def main() -> None:
         bench += ["--device", device, "--gpu-blocks", str(blocks), "--tag", tag]
         bench += ["--results", str(out), "--requests", "6" if args.dry_run else "32"]
         bench += ["--cpu-kv-gb", "0.2" if args.dry_run else "8"]
-        bench += ["--rates", "2,4" if args.dry_run else "1,2,4", "--slo", "10,150"]
+        bench += ["--rates", "4,8" if args.dry_run else "1,2,4", "--slo", "10,150"]
         bench += ["--scale", "0.05" if args.dry_run else "0.25"]
         steps.append(step("profile and policies", bench, env, 420))
     report = {
