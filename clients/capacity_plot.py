@@ -43,7 +43,7 @@ def plot_curves(
             if capacities.get(name, 0) > 0:
                 a.axvline(capacities[name], color=line.get_color(), ls=":", lw=1)
     for a, _, _, label, bound in panels:
-        a.set(xlabel="arrival rate (requests/s)", ylabel=label, xscale="log")
+        a.set(xlabel="arrival rate (requests/s)", ylabel=label)
         if bound is not None:
             a.axhline(bound, color="k", ls="--", lw=1, label="SLO")
             a.set_yscale("log")
