@@ -220,16 +220,8 @@ def paged_prefill_attention(
     K and V already in them), causal within the chunk. q and out (T, H, D): the chunks'
     rows of out are written, the other rows left alone; tables (S, max_blocks); the
     rest (S,). tl.dot needs 16 or more on each side: block size and head dim >= 16."""
-    if triton is None:
-        raise RuntimeError("triton is not installed")
-    _, heads, dim = q.shape
-    _, block_size, kv_heads, _ = k_cache.shape
-    if heads % kv_heads:
-        raise ValueError(f"{heads} query heads do not group over {kv_heads} KV heads")
-    if dim & (dim - 1) or block_size & (block_size - 1) or min(dim, block_size) < 16:
-        raise ValueError(f"head dim {dim} and block size {block_size} must be powers of two, >= 16")
-    group = heads // kv_heads
-    padded = max(1, 1 << (group - 1).bit_length())
+    group, padded = head_groups(q, k_cache, smallest=16)
+    kv_heads, block_size, dim = k_cache.shape[2], k_cache.shape[1], q.shape[2]
     block_m = max(block_m, -(-16 // padded))  # BM x GP >= 16 rows for tl.dot
     tables = block_tables.contiguous()
     k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
@@ -261,6 +253,23 @@ def paged_prefill_attention(
     )
 
 
+def head_groups(q: torch.Tensor, k_cache: torch.Tensor, smallest: int = 1) -> tuple[int, int]:
+    """(query heads per KV head, that padded to a power of two) for q (..., H, D) over a
+    cache (blocks, block size, KVH, D); shapes a kernel cannot serve are refused."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    heads, dim = q.shape[-2:]
+    _, block_size, kv_heads, _ = k_cache.shape
+    if heads % kv_heads:
+        raise ValueError(f"{heads} query heads do not group over {kv_heads} KV heads")
+    if dim & (dim - 1) or block_size & (block_size - 1) or min(dim, block_size) < smallest:
+        raise ValueError(
+            f"head dim {dim} and block size {block_size} must be powers of two, >= {smallest}"
+        )
+    group = heads // kv_heads
+    return group, max(1, 1 << (group - 1).bit_length())
+
+
 def f32_dots(dtype: torch.dtype) -> bool:
     """An fp32 cache gets fp32 dots (TF32 would cost exactness against transformers);
     so does bf16 under the interpreter, whose bf16 tl.dot returns garbage (triton 3.9,
@@ -287,16 +296,9 @@ def paged_decode_attention(
 ) -> torch.Tensor:
     """q (B, H, D); caches (num_blocks, block_size, KVH, D) in fp32, fp16 or bf16;
     tables (B, max_blocks); lens (B,), each >= 1. Returns (B, H, D) in q's dtype."""
-    if triton is None:
-        raise RuntimeError("triton is not installed")
+    group, padded = head_groups(q, k_cache)
     rows, heads, dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
-    if heads % kv_heads:
-        raise ValueError(f"{heads} query heads do not group over {kv_heads} KV heads")
-    if dim & (dim - 1) or block_size & (block_size - 1):
-        raise ValueError(f"head dim {dim} and block size {block_size} must be powers of two")
-    group = heads // kv_heads
-    padded = max(1, 1 << (group - 1).bit_length())
     max_blocks = block_tables.shape[1]
     splits = num_splits or splits_for(max_blocks, rows, kv_heads)
     per_split = -(-max_blocks // splits)
