@@ -18,8 +18,10 @@ Three policies:
   there (swapped out when the GPU runs short); each iteration only the CPU rows whose
   attention hides under the pipeline's GPU work run (`select`), the others wait.
 - `apex`: per iteration the strategy with the least predicted time; a request goes to
-  the CPU tier only while the predicted iteration time with it stays under the TPOT
-  bound, and every admitted row runs every iteration.
+  the GPU tier whenever its KV fits there now, else to the CPU tier only while the
+  predicted iteration time with it stays under the TPOT bound; GPU rows spill to the
+  CPU tier (within the bound) so that a waiting prompt starts now; every admitted row
+  runs every iteration.
 
 How each strategy's time is predicted: `scheduler/costs/cost_model.py`. The policies
 themselves: `base.py` (the interface, gpu-only, the fixed rule), `neo.py`, `apex.py`;
