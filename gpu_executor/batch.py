@@ -41,8 +41,7 @@ class PrefillSpan:
 
     token_start: int  # index into the flat token arrays
     token_end: int
-    start_pos: int
-    block_table: torch.Tensor  # (num_blocks,) int64
+    start_pos: int  # its blocks: its row of `ContinuedPrefills.block_tables`
 
 
 @dataclass
@@ -126,9 +125,7 @@ def pack(seqs: list[SeqInput], block_size: int, device: torch.device) -> PackedB
         elif s.start_pos == 0:
             fresh.append((start, len(s.token_ids)))
         else:
-            prefills.append(
-                PrefillSpan(start, len(ids), s.start_pos, torch.from_numpy(table).to(device))
-            )
+            prefills.append(PrefillSpan(start, len(ids), s.start_pos))
             prefill_tables.append(s.block_table)
 
     def up(a: np.ndarray | list[int]) -> torch.Tensor:

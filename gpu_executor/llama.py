@@ -238,9 +238,10 @@ class LlamaModel:
                 c.max_len, self.scale,
             )  # fmt: skip
         elif batch.continued is not None:
-            for p in batch.prefills:
+            tables = batch.continued.block_tables
+            for p, table in zip(batch.prefills, tables, strict=True):
                 span = slice(p.token_start, p.token_end)
-                out[span] = self.prefill_attention(li, q[span], p.start_pos, p.block_table)
+                out[span] = self.prefill_attention(li, q[span], p.start_pos, table)
         return out
 
     def causal_attention(

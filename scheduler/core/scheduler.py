@@ -23,7 +23,7 @@ from scheduler.core.config import SchedulerConfig, forced
 from scheduler.core.prompt_sharing import prefilling, prompt_blocks
 from scheduler.core.stops import banned_tokens, check_stop
 from scheduler.core.tier_moves import TierMoves
-from scheduler.core.view import PolicyPort, SchedulerView
+from scheduler.core.view import PolicyPort
 from scheduler.types import (
     FinishReason,
     Request,
@@ -234,8 +234,7 @@ class Scheduler(TierMoves):
             return Tier.GPU
         if self.placement == "cpu":
             return Tier.CPU
-        view = SchedulerView(self.config, True, self.gpu.num_free, self.step_id, self.running)
-        return self.policy.place(view, req, admitted)
+        return self.policy.place(self.view(self.running), req, admitted)
 
     def preempt(self, req: Request) -> None:
         """Free the request's blocks and requeue it first; its tokens are kept for recompute."""

@@ -131,6 +131,10 @@ class TierMoves:
         )
         return self.gpu.num_free - growth
 
+    def view(self, running: list[Request]) -> SchedulerView:
+        """What a policy sees of the scheduler now (a CPU tier exists when it is asked)."""
+        return SchedulerView(self.config, True, self.gpu.num_free, self.step_id, running)
+
     def spill_for_prompt(self, decodes: list[Request]) -> None:
         """The queue's head cannot be prefilled for want of GPU blocks: move the newest
         GPU rows to the CPU tier to make room, if the policy says the CPU can take them
@@ -156,8 +160,7 @@ class TierMoves:
         cpu_free = self.alloc(Tier.CPU).num_free
         if sum(self.config.blocks_for(r.num_tokens) for r in victims) > cpu_free:
             return
-        view = SchedulerView(self.config, True, self.gpu.num_free, self.step_id, decodes)
-        if not self.policy.spill(view, victims):
+        if not self.policy.spill(self.view(decodes), victims):
             return
         for r in victims:
             self.move(r, Tier.CPU)
