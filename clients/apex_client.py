@@ -173,10 +173,13 @@ class ApexClient:
         )
         return reply.found
 
-    def policy(self, name: str = "", tpot_slo_ms: float = 0.0) -> admin_pb2.PolicyInfo:
-        """Reads the policy; with a name, switches to it from the next iteration."""
+    def policy(
+        self, name: str = "", tpot_slo_ms: float = 0.0, ttft_slo_s: float = 0.0
+    ) -> admin_pb2.PolicyInfo:
+        """Reads the policy; with a name, switches to it from the next iteration (a
+        bound of 0 keeps the one in force)."""
         return self.admin.Policy(
-            admin_pb2.PolicyRequest(name=name, tpot_slo_ms=tpot_slo_ms),
+            admin_pb2.PolicyRequest(name=name, tpot_slo_ms=tpot_slo_ms, ttft_slo_s=ttft_slo_s),
             timeout=self.timeout,
             metadata=self.metadata,
         )

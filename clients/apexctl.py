@@ -137,6 +137,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     policies = args.policies.split(",")
     if set(policies) - set(POLICIES):
         sys.exit(f"apexctl simulate: policies must be among {POLICIES}")
+    if not (args.tpot_slo_ms >= 0 and args.ttft_slo_s >= 0):
+        sys.exit("apexctl simulate: --tpot-slo-ms and --ttft-slo-s must be >= 0")
     if args.slo_ttft_s or args.slo_tpot_ms:
         return apexctl_capacity.cmd_capacity(args, profile, WORKLOADS[args.workload], policies)
     results = [
@@ -148,6 +150,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             rate=args.rate,
             seed=args.seed,
             tpot_slo_s=args.tpot_slo_ms / 1e3 or None,
+            ttft_slo_s=args.ttft_slo_s or None,
         )
         for pol in policies
     ]
@@ -240,7 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
         "g5.16xlarge (A10): its CPU attention rate and CPU tier (default: the profile's)",
     )
     sim.add_argument("--policies", default="gpu-only,neo,apex")
-    sim.add_argument("--tpot-slo-ms", type=float, default=0.0, help="apex's bound (0: default)")
+    sim.add_argument(
+        "--tpot-slo-ms", type=float, default=0.0, help="apex's TPOT bound (0: default)"
+    )
+    sim.add_argument("--ttft-slo-s", type=float, default=0.0, help="apex's TTFT bound (0: 2 s)")
     sim.add_argument(
         "--requests", type=int, default=200, help="per run (with an SLO: the floor per rate)"
     )

@@ -202,14 +202,14 @@ def cmd_bench(client: ApexClient, args: argparse.Namespace) -> int:
                     args.scale,
                 )
                 wait_idle(client)
-                client.policy(name, args.tpot_slo_ms or args.slo_tpot_ms)
+                client.policy(name, args.tpot_slo_ms or args.slo_tpot_ms, args.slo_ttft_s)
                 since = max((t.step_id for t in client.trace(1)), default=0)
                 print(f"{name}: {args.requests} requests at {rate}/s ...", file=sys.stderr)
                 done = run_policy(client, arrivals, info.vocab_size, args.seed)
                 results.append(summarise(name, rate, done, client, since, slo))
     finally:
         wait_idle(client)
-        client.policy(before.name, before.tpot_slo_ms)
+        client.policy(before.name, before.tpot_slo_ms, before.ttft_slo_s)
     report = {
         "measured": True,
         "device": info.device,

@@ -13,6 +13,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     po = sub.add_parser("policy", help="show the scheduling policy, or switch it live")
     po.add_argument("name", nargs="?", choices=["gpu-only", "neo", "apex"])
     po.add_argument("--tpot-slo-ms", type=float, default=0.0, help="apex's TPOT bound")
+    po.add_argument("--ttft-slo-s", type=float, default=0.0, help="apex's TTFT bound")
     po.add_argument("--json", action="store_true")
     tr = sub.add_parser("trace", help="the last iteration plans: strategy, rows, times")
     tr.add_argument("-n", "--limit", type=int, default=20, help="iterations (0: all kept)")
@@ -20,9 +21,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_policy(client: ApexClient, args: argparse.Namespace) -> int:
-    if args.tpot_slo_ms and not args.name:
-        raise SystemExit("apexctl policy: --tpot-slo-ms needs a policy name (e.g. apex)")
-    info = client.policy(args.name or "", args.tpot_slo_ms)
+    if (args.tpot_slo_ms or args.ttft_slo_s) and not args.name:
+        raise SystemExit("apexctl policy: a bound needs a policy name (e.g. apex)")
+    info = client.policy(args.name or "", args.tpot_slo_ms, args.ttft_slo_s)
     if args.json:
         print(json.dumps(as_dict(info)))
         return 0

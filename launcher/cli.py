@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         help="scheduling policy (default apex); switch live with `apexctl policy`",
     )
     srv.add_argument("--tpot-slo-ms", type=float, help="apex's TPOT bound")
+    srv.add_argument("--ttft-slo-s", type=float, help="apex's TTFT bound")
     srv.add_argument("--profile", help="cost-model profile: JSON path or shipped name")
     srv.add_argument(
         "--strategy", choices=["auto", "overlap", "pipeline"], help="force how CPU rows run"
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     scheduler_args: list[str] = ["--placement", args.placement, "--policy", args.policy]
     flags = (
         "tpot_slo_ms",
+        "ttft_slo_s",
         "profile",
         "strategy",
         "gpu_blocks",

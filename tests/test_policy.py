@@ -13,6 +13,7 @@ from scheduler.costs.cost_model import Work, best_decision, overlap_s, pipeline_
 from scheduler.costs.profile import Profile
 from scheduler.policies import make_policy
 from scheduler.policies.apex import ApexPolicy
+from scheduler.policies.base import mean_context
 from scheduler.sim.simulator import WORKLOADS, simulate
 from scheduler.types import Request, SamplingConfig, SeqPlan, Status, Strategy, Tier
 
@@ -241,3 +242,48 @@ def test_apex_spills_gpu_rows_to_the_cpu_so_a_waiting_prompt_starts_now():
     s = filled(make_policy("apex", T4, 0.001))  # no CPU row fits such a bound
     plan = s.schedule()
     assert not plan.swap_out and [r.request_id for r in s.waiting] == ["late"]
+
+
+def test_a_row_counts_at_its_mean_context_over_its_life_or_what_it_holds_now():
+    r = new("r", prompt=100, out=400)
+    assert mean_context(r) == 300  # 100 + 400 / 2, from its first token on
+    r.output_ids = [2] * 150
+    assert mean_context(r) == 300  # halfway through its life it holds less than that
+    r.output_ids = [2] * 350
+    assert mean_context(r) == 450  # late in it, what it holds
+
+
+def test_apex_waits_for_the_gpu_only_while_that_keeps_the_ttft_bound():
+    """A full GPU tier where one row ends in a few steps: a prompt that does not fit
+    waits for that room under a 10 s TTFT bound (no spill, no CPU row); it is spilled for
+    at once under a bound the wait would break, or once it has waited past half of it."""
+
+    def filled(ttft_s: float) -> Scheduler:
+        s = sched_with(ApexPolicy(T4, 0.2, ttft_s), gpu_blocks=32)
+        s.add(new("ends-soon", prompt=100, out=25))
+        for i in range(2):
+            s.add(new(f"r{i}", prompt=100, out=300))
+        run(s, 20)  # 3 x 120 tokens: 24 blocks, 8 left
+        assert all(r.tier is Tier.GPU for r in s.running) and len(s.running) == 3
+        s.add(new("late", prompt=200, out=50))  # 13 blocks: more than the 8 free
+        return s
+
+    s = filled(10.0)
+    plan = s.schedule()
+    assert not plan.swap_out and [r.request_id for r in s.waiting] == ["late"]
+    s.update(plan, [2] * len(plan.seqs))
+    while s.waiting:
+        plan = s.schedule()
+        assert not plan.swap_out and not plan.num_cpu_rows
+        s.update(plan, [2] * len(plan.seqs))
+    late = next(r for r in s.running if r.request_id == "late")
+    assert late.tier is Tier.GPU and "ends-soon" not in s.requests
+
+    s = filled(0.01)
+    plan = s.schedule()
+    assert plan.swap_out and "late" in {x.request.request_id for x in plan.seqs}
+
+    s = filled(10.0)
+    s.waiting[0].arrival_time -= 6.0  # it has waited 6 s of its 10 already
+    plan = s.schedule()
+    assert plan.swap_out and "late" in {x.request.request_id for x in plan.seqs}

@@ -44,7 +44,11 @@ def test_switching_policies_live_keeps_greedy_exact(models, tmp_path):
             assert c.policy().name == "gpu-only" and c.policy().profile == "t4-llama2-7b-fp16-spec"
         seen: dict[str, set[str]] = {}
         for i, (name, extra) in enumerate(
-            [("gpu-only", []), ("neo", []), ("apex", ["--tpot-slo-ms", "1000"])]
+            [
+                ("gpu-only", []),
+                ("neo", []),
+                ("apex", ["--tpot-slo-ms", "1000", "--ttft-slo-s", "0.5"]),
+            ]
         ):
             r = apexctl(stack, "policy", name, *extra)
             assert r.returncode == 0 and f"switched to {name}" in r.stdout, r.stderr
@@ -61,7 +65,7 @@ def test_switching_policies_live_keeps_greedy_exact(models, tmp_path):
         assert "pipeline" in seen["neo"] and "overlap" not in seen["neo"]
         assert seen["apex"] & {"overlap", "pipeline"}
         r = apexctl(stack, "policy")
-        assert "apex (TPOT bound 1000.0 ms)" in r.stdout
+        assert "apex (TPOT bound 1000.0 ms, TTFT 0.5 s)" in r.stdout
         r = apexctl(stack, "status")
         assert "policy       apex" in r.stdout and "t4-llama2-7b-fp16-spec" in r.stdout
 
@@ -76,6 +80,10 @@ def test_bad_policy_requests_name_the_problem(models, tmp_path):
             with pytest.raises(grpc.RpcError) as e:
                 c.admin.Trace(admin_pb2.TraceRequest(limit=-1))
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.RpcError) as e:
+                c.policy("apex", ttft_slo_s=-1.0)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "ttft_slo_s" in e.value.details()
             assert c.policy().name == "gpu-only"  # nothing changed
-        r = apexctl(s, "policy", "--tpot-slo-ms", "50")
+        r = apexctl(s, "policy", "--ttft-slo-s", "5")
         assert r.returncode != 0 and "needs a policy name" in r.stderr

@@ -30,6 +30,7 @@ def policy_info(p: PolicyStatus) -> admin_pb2.PolicyInfo:
     return admin_pb2.PolicyInfo(
         name=p.name,
         tpot_slo_ms=(p.tpot_slo_s or 0.0) * 1e3,
+        ttft_slo_s=p.ttft_slo_s or 0.0,
         profile=p.profile,
         description=p.description,
     )
@@ -96,10 +97,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def Policy(self, request, context):
         if not request.name:
             return policy_info(self.engine.policy_status())
-        if request.tpot_slo_ms < 0 or request.tpot_slo_ms != request.tpot_slo_ms:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tpot_slo_ms: must be >= 0")
+        for field in ("tpot_slo_ms", "ttft_slo_s"):
+            value = getattr(request, field)
+            if not value >= 0 or value == float("inf"):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: must be >= 0")
         try:
-            status = self.engine.set_policy(request.name, request.tpot_slo_ms / 1e3 or None)
+            status = self.engine.set_policy(
+                request.name, request.tpot_slo_ms / 1e3 or None, request.ttft_slo_s or None
+            )
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"name: {err}")
         return policy_info(status)

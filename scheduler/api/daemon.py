@@ -78,7 +78,9 @@ def load_policy(args: argparse.Namespace, key: str) -> tuple[CostModel | None, P
         log.info("profile: %s (%s)", cost.name, source)
     if args.tpot_slo_ms < 0:
         raise SystemExit("apex-scheduler: --tpot-slo-ms must be >= 0")
-    policy = make_policy(args.policy, cost, args.tpot_slo_ms / 1e3 or None)
+    if args.ttft_slo_s < 0:
+        raise SystemExit("apex-scheduler: --ttft-slo-s must be >= 0")
+    policy = make_policy(args.policy, cost, args.tpot_slo_ms / 1e3 or None, args.ttft_slo_s or None)
     if cost is None and args.policy != "gpu-only":
         log.warning("no --profile: policy %s runs the fixed placement rule", args.policy)
     log.info("policy: %s", policy.describe())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from scheduler.core.config import STRATEGIES
+from scheduler.core.config import DEFAULT_BATCHED_TOKENS, STRATEGIES
 from scheduler.policies import POLICIES
 
 
@@ -46,6 +46,13 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
         "--tpot-slo-ms", type=float, default=0.0, help="apex's TPOT bound (0: from the profile)"
     )
     ap.add_argument(
+        "--ttft-slo-s",
+        type=float,
+        default=0.0,
+        help="apex's TTFT bound: a request waits for the GPU tier only while that keeps it "
+        "within half of this, else it decodes on the CPU tier (0: 2 s)",
+    )
+    ap.add_argument(
         "--strategy",
         default="auto",
         choices=list(STRATEGIES),
@@ -64,7 +71,7 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
     ap.add_argument(
         "--max-num-batched-tokens",
         type=int,
-        default=512,
+        default=DEFAULT_BATCHED_TOKENS,
         help="tokens per iteration, a decode row counting one; longer prompts are "
         "prefilled in chunks (with --no-chunked-prefill: prompt tokens admitted per "
         "iteration, at least max_model_len)",

@@ -41,6 +41,9 @@ class ModelSpec:
 
 
 PLACEMENTS = ("gpu", "cpu", "auto")
+# The daemon's default tokens an iteration, prompts chunked (--max-num-batched-tokens);
+# the simulator runs the same unless told otherwise.
+DEFAULT_BATCHED_TOKENS = 512
 STRATEGIES = ("auto", "overlap", "pipeline")
 
 

@@ -10,6 +10,7 @@ copies of the plan (one direction per plan).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from scheduler.core.block_manager import BlockAllocator
 from scheduler.core.config import SchedulerConfig
@@ -25,6 +26,7 @@ class TierMoves:
     policy: PolicyPort
     placement: str
     step_id: int
+    clock: Callable[[], float]
     waiting: deque[Request]
     swapped: list[Request]
     future_free: int | None
@@ -133,7 +135,9 @@ class TierMoves:
 
     def view(self, running: list[Request]) -> SchedulerView:
         """What a policy sees of the scheduler now (a CPU tier exists when it is asked)."""
-        return SchedulerView(self.config, True, self.gpu.num_free, self.step_id, running)
+        return SchedulerView(
+            self.config, True, self.gpu.num_free, self.step_id, running, self.clock()
+        )
 
     def spill_for_prompt(self, decodes: list[Request]) -> None:
         """The queue's head cannot be prefilled for want of GPU blocks: move the newest
@@ -160,7 +164,7 @@ class TierMoves:
         cpu_free = self.alloc(Tier.CPU).num_free
         if sum(self.config.blocks_for(r.num_tokens) for r in victims) > cpu_free:
             return
-        if not self.policy.spill(self.view(decodes), victims):
+        if not self.policy.spill(self.view(decodes), head, victims):
             return
         for r in victims:
             self.move(r, Tier.CPU)

@@ -26,6 +26,7 @@ class SchedulerView:
     gpu_free_blocks: int
     step_id: int
     running: Sequence[Request]
+    now: float  # the scheduler's clock: how long the queue's head has waited
 
     def blocks_for(self, num_tokens: int) -> int:
         return self.config.blocks_for(num_tokens)
@@ -54,9 +55,9 @@ class PolicyPort(Protocol):
         """The rows that run this iteration; the others wait."""
         ...
 
-    def spill(self, view: SchedulerView, victims: list[Request]) -> bool:
-        """Whether these running GPU rows may move to the CPU tier so that a waiting
-        prompt can be prefilled now."""
+    def spill(self, view: SchedulerView, head: Request, victims: list[Request]) -> bool:
+        """Whether these running GPU rows may move to the CPU tier so that the waiting
+        prompt `head` can be prefilled now."""
         ...
 
     def choose(self, seqs: list[SeqPlan]) -> Decision:

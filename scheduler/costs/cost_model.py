@@ -59,6 +59,16 @@ class Work:
             self.gpu_rows,
         )
 
+    def plus_prompt(self, start: int, n: int) -> Work:
+        """With `n` prompt tokens from position `start` on (a prefill or one chunk)."""
+        return Work(
+            self.tokens + n,
+            self.rows + 1,
+            self.gpu_context + n * (2 * start + n) / 2,
+            self.cpu_context,
+            self.gpu_rows + n,
+        )
+
 
 def work_of(seqs: list[SeqPlan]) -> Work:
     tokens, gctx, cctx, grows = 0, 0.0, [], 0

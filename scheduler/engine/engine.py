@@ -281,11 +281,15 @@ class Engine:
             self.fail(request_id, code, message)
 
     # -- operations -----------------------------------------------------------------
-    def set_policy(self, name: str, tpot_slo_s: float | None = None) -> PolicyStatus:
+    def set_policy(
+        self, name: str, tpot_slo_s: float | None = None, ttft_slo_s: float | None = None
+    ) -> PolicyStatus:
         """Switch the policy live (from the next iteration); None keeps the bound in
-        force. Raises ValueError for an unknown name."""
-        slo = tpot_slo_s if tpot_slo_s else self.scheduler.policy.tpot_slo_s
-        policy = make_policy(name, self.cost, slo)
+        force. Raises ValueError for an unknown name or a bound <= 0."""
+        old = self.scheduler.policy
+        tpot = tpot_slo_s if tpot_slo_s else old.tpot_slo_s
+        ttft = ttft_slo_s if ttft_slo_s else old.ttft_slo_s
+        policy = make_policy(name, self.cost, tpot, ttft)
         self.scheduler.set_policy(policy)
         self.wake.set()
         log.info("policy switched to %s", policy.describe())
@@ -295,7 +299,7 @@ class Engine:
         """A new cost model: the policy is rebuilt on it, keeping its name and bound."""
         self.cost = cost
         p = self.scheduler.policy
-        self.scheduler.set_policy(make_policy(p.name, cost, p.tpot_slo_s))
+        self.scheduler.set_policy(make_policy(p.name, cost, p.tpot_slo_s, p.ttft_slo_s))
 
     def migrate(self, request_id: str, tier: Tier) -> bool:
         """Operator lever: move a request's KV to `tier` and keep it there. Raises
@@ -338,6 +342,7 @@ class Engine:
         return PolicyStatus(
             name=p.name,
             tpot_slo_s=p.tpot_slo_s,
+            ttft_slo_s=p.ttft_slo_s,
             profile=self.cost.name if self.cost is not None else "",
             description=p.describe(),
             calibration=p.calibration.scale,

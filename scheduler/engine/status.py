@@ -49,6 +49,7 @@ class TierStatus:
 class PolicyStatus:
     name: str
     tpot_slo_s: float | None
+    ttft_slo_s: float | None
     profile: str  # the loaded profile's name; empty: none
     description: str
     calibration: float  # measured / profile-predicted step time, recent median

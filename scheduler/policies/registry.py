@@ -10,9 +10,14 @@ from scheduler.policies.neo import NeoPolicy
 POLICIES = ("gpu-only", "neo", "apex")
 
 
-def make_policy(name: str, cost: CostModel | None, tpot_slo_s: float | None = None) -> Policy:
+def make_policy(
+    name: str,
+    cost: CostModel | None,
+    tpot_slo_s: float | None = None,
+    ttft_slo_s: float | None = None,
+) -> Policy:
     """A policy by name. neo and apex need a cost model; without one they fall back to
-    the fixed rule (the caller says so to the operator)."""
+    the fixed rule (the caller says so to the operator). The bounds are apex's."""
     if name == "gpu-only":
         return GpuOnlyPolicy(cost)
     if name not in POLICIES:
@@ -21,7 +26,7 @@ def make_policy(name: str, cost: CostModel | None, tpot_slo_s: float | None = No
         return FixedRulePolicy(None, name)
     if name == "neo":
         return NeoPolicy(cost)
-    return ApexPolicy(cost, tpot_slo_s if tpot_slo_s else default_tpot_slo(cost))
+    return ApexPolicy(cost, tpot_slo_s if tpot_slo_s else default_tpot_slo(cost), ttft_slo_s)
 
 
 def placement_policy(placement: str) -> Policy:

@@ -105,18 +105,26 @@ def run_at(
     minutes: float = 30.0,
     sims: dict[tuple, SimResult] | None = None,
 ) -> RatePoint:
-    """One rate's steady-state point; apex gets the SLO's TPOT bound as its own. `sims`
+    """One rate's steady-state point; apex gets the SLO's bounds as its own. `sims`
     keeps the runs for other SLOs on the same profile and workload (only apex's depend
     on the SLO)."""
-    tpot = slo.tpot_p99_s if policy == "apex" else None
+    tpot, ttft = (slo.tpot_p99_s, slo.ttft_p99_s) if policy == "apex" else (None, None)
     count = requests_at(rate, n, minutes)
     sims = {} if sims is None else sims
 
     def once(s: int) -> SimResult:
-        key = (policy, rate, count, s, tpot)
+        key = (policy, rate, count, s, tpot, ttft)
         if key not in sims:
             sims[key] = simulate(
-                profile, workload, policy, n=count, rate=rate, seed=s, tpot_slo_s=tpot, steady=True
+                profile,
+                workload,
+                policy,
+                n=count,
+                rate=rate,
+                seed=s,
+                tpot_slo_s=tpot,
+                ttft_slo_s=ttft,
+                steady=True,
             )
         return sims[key]
 

@@ -12,7 +12,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
-from scheduler.core.config import SchedulerConfig
+from scheduler.core.config import DEFAULT_BATCHED_TOKENS, SchedulerConfig
 from scheduler.core.scheduler import Scheduler
 from scheduler.costs.measured_profile import MeasuredProfile
 from scheduler.costs.profile import Profile, step_time
@@ -112,11 +112,15 @@ def simulate(
     steady: bool = False,
     scale: float = 1.0,
     loop: LoopCost | None = None,
+    ttft_slo_s: float | None = None,
+    prefill_chunk: int | None = DEFAULT_BATCHED_TOKENS,
 ) -> SimResult:
     """Runs `n` arrivals to completion. steady: latency percentiles leave out the first
     and last 10% of requests by arrival (the queue filling and draining). scale: the
     lengths shrunk as `apexctl bench --scale` shrinks them (same arrivals, same seed).
-    loop: the daemon's own cost per iteration on top of the profile's step."""
+    loop: the daemon's own cost per iteration on top of the profile's step. The bounds
+    are apex's. prefill_chunk: tokens an iteration, as the daemon's
+    --max-num-batched-tokens (its default); None: unchunked, each prompt whole."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
     gpu_blocks = profile.gpu_kv_capacity_tokens // BLOCK
@@ -128,14 +132,18 @@ def simulate(
         block_size=BLOCK,
         num_gpu_blocks=gpu_blocks,
         max_num_seqs=256,
-        max_num_batched_tokens=max(4096, max_len),
+        max_num_batched_tokens=prefill_chunk or max(4096, max_len),
+        chunked_prefill=prefill_chunk is not None,
         max_queue=10**6,
         num_cpu_blocks=cpu_blocks,
         placement="auto",
     )
     now = [0.0]
     sched = Scheduler(
-        cfg, frozenset(), clock=lambda: now[0], policy=make_policy(policy, profile, tpot_slo_s)
+        cfg,
+        frozenset(),
+        clock=lambda: now[0],
+        policy=make_policy(policy, profile, tpot_slo_s, ttft_slo_s),
     )
     pending = requests(workload, n, rate, max_len, seed, scale)
     live: list[Request] = []

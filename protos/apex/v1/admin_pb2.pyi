@@ -49,24 +49,28 @@ class ProfileProgress(_message.Message):
     def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., stage: _Optional[str] = ..., profile_json: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
-    __slots__ = ("name", "tpot_slo_ms")
+    __slots__ = ("name", "tpot_slo_ms", "ttft_slo_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TPOT_SLO_MS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_SLO_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     tpot_slo_ms: float
-    def __init__(self, name: _Optional[str] = ..., tpot_slo_ms: _Optional[float] = ...) -> None: ...
+    ttft_slo_s: float
+    def __init__(self, name: _Optional[str] = ..., tpot_slo_ms: _Optional[float] = ..., ttft_slo_s: _Optional[float] = ...) -> None: ...
 
 class PolicyInfo(_message.Message):
-    __slots__ = ("name", "tpot_slo_ms", "profile", "description")
+    __slots__ = ("name", "tpot_slo_ms", "profile", "description", "ttft_slo_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TPOT_SLO_MS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TTFT_SLO_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     tpot_slo_ms: float
     profile: str
     description: str
-    def __init__(self, name: _Optional[str] = ..., tpot_slo_ms: _Optional[float] = ..., profile: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+    ttft_slo_s: float
+    def __init__(self, name: _Optional[str] = ..., tpot_slo_ms: _Optional[float] = ..., profile: _Optional[str] = ..., description: _Optional[str] = ..., ttft_slo_s: _Optional[float] = ...) -> None: ...
 
 class TraceRequest(_message.Message):
     __slots__ = ("limit",)
