@@ -52,12 +52,20 @@ def main() -> None:
         prof_path = args.out.with_name("sim_vs_stack_profile.json")
         apexctl(stack.address, "profile", "--out", str(prof_path))
         bench_path = args.out.with_name("sim_vs_stack_bench.json")
-        bench = ["bench", "--workload", args.workload, "--requests", str(args.requests)]
-        bench += ["--rates", args.rates, "--scale", str(args.scale), "--out", str(bench_path)]
-        apexctl(stack.address, *bench)
-        trace = json.loads(apexctl(stack.address, "trace", "--limit", "0", "--json"))
-    measured = json.loads(bench_path.read_text())["results"]
-    loops = {(m["policy"], m["rate"]): fit_loop(trace, m) for m in measured}
+        measured, loops = [], {}
+        # One run at a time, its trace read at once: the daemon keeps the last 8,192
+        # iterations, fewer than a whole sweep takes.
+        for policy in POLICIES:
+            for rate in args.rates.split(","):
+                bench = ["bench", "--workload", args.workload, "--requests", str(args.requests)]
+                bench += ["--policies", policy, "--rate", rate, "--scale", str(args.scale)]
+                apexctl(stack.address, *bench, "--out", str(bench_path))
+                m = json.loads(bench_path.read_text())["results"][0]
+                trace = json.loads(apexctl(stack.address, "trace", "--limit", "0", "--json"))
+                loops[(m["policy"], m["rate"])] = fit_loop(trace, m)
+                measured.append(m)
+        bench_path.write_text(json.dumps({"measured": True, "results": measured}, indent=1))
+        bench_path.with_suffix(".png").unlink(missing_ok=True)  # one run's, not the sweep's
     profile = load_profile(str(prof_path))
     rows = []
     print(
