@@ -51,10 +51,9 @@ class ApexPolicy(CostedPolicy):
         if not view.has_cpu_tier:
             return None
         load = self.cpu_work(view, admitted)
-        if self.gpu_soon(view, req, load):
+        if not self.within_bound(load.plus_cpu_row(mean_context(req))):
             return None
-        after = load.plus_cpu_row(mean_context(req))
-        return Tier.CPU if self.within_bound(after) else None
+        return None if self.gpu_soon(view, req, load) else Tier.CPU
 
     def gpu_soon(self, view: SchedulerView, req: Request, load: Work) -> bool:
         """Whether the GPU tier frees room for `req` soon enough that it meets the TTFT
@@ -79,12 +78,10 @@ class ApexPolicy(CostedPolicy):
         """Yes while the iteration, with the victims' rows on the CPU, stays within the
         bound, unless `head` can wait for a GPU row to end and still meet its TTFT."""
         w = self.cpu_work(view, [])
-        if self.gpu_soon(view, head, w):
-            return False
         moved = tuple(mean_context(r) for r in victims)
         gctx = max(0.0, w.gpu_context - sum(moved))
         after = Work(w.tokens, w.rows, gctx, (*w.cpu_context, *moved), w.gpu_rows - len(moved))
-        return self.within_bound(after)
+        return self.within_bound(after) and not self.gpu_soon(view, head, w)
 
     def within_bound(self, work: Work) -> bool:
         """Rows grow faster than the iteration time until the bound (the weights are read
