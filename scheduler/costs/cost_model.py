@@ -64,10 +64,16 @@ class Work:
         return Work(
             self.tokens + n,
             self.rows + 1,
-            self.gpu_context + n * (2 * start + n) / 2,
+            self.gpu_context + prompt_context(start, n),
             self.cpu_context,
             self.gpu_rows + n,
         )
+
+
+def prompt_context(start: int, n: int) -> float:
+    """Context tokens that `n` prompt tokens from position `start` on attend, summed
+    (causal: each its own position and every one before it)."""
+    return n * (2 * start + n) / 2
 
 
 def work_of(seqs: list[SeqPlan]) -> Work:
@@ -79,7 +85,7 @@ def work_of(seqs: list[SeqPlan]) -> Work:
         if s.tier is Tier.CPU:
             cctx.append(float(ctx))
         else:
-            gctx += ctx if n == 1 else n * (s.start_pos + ctx) / 2
+            gctx += ctx if n == 1 else prompt_context(s.start_pos, n)
             grows += n
     return Work(tokens, len(seqs), gctx, tuple(cctx), grows)
 
