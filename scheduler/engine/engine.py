@@ -32,14 +32,9 @@ from scheduler.engine.outputs import (
 )
 from scheduler.engine.ports import EngineObserver, ExecutorPort
 from scheduler.engine.predictor import StepTimePredictor, features
-from scheduler.engine.status import (
-    EngineStats,
-    EngineStatus,
-    PolicyStatus,
-    RequestSnapshot,
-    TierStatus,
-)
-from scheduler.engine.trace import IterationRecord, Trace
+from scheduler.engine.readout import EngineReadout
+from scheduler.engine.status import EngineStats, PolicyStatus
+from scheduler.engine.trace import Trace
 from scheduler.policies import make_policy
 from scheduler.types import (
     ErrorCode,
@@ -56,7 +51,7 @@ log = logging.getLogger(__name__)
 MAX_FAILED_STEPS = 3
 
 
-class Engine:
+class Engine(EngineReadout):
     def __init__(
         self,
         scheduler: Scheduler,
@@ -335,70 +330,3 @@ class Engine:
                 await asyncio.sleep(0.005)
             yield not (self.scheduler.running or self.scheduler.swapped)
         self.wake.set()
-
-    # -- what the edge reads ----------------------------------------------------------
-    def policy_status(self) -> PolicyStatus:
-        p = self.scheduler.policy
-        return PolicyStatus(
-            name=p.name,
-            tpot_slo_s=p.tpot_slo_s,
-            ttft_slo_s=p.ttft_slo_s,
-            profile=self.cost.name if self.cost is not None else "",
-            description=p.describe(),
-            calibration=p.calibration.scale,
-        )
-
-    def status(self) -> EngineStatus:
-        s, st = self.scheduler, self.stats
-        return EngineStatus(
-            num_waiting=len(s.waiting),
-            num_running=len(s.running),
-            num_swapped=len(s.swapped),
-            tiers=tuple(
-                TierStatus(a.tier, a.num_total, a.num_used, s.config.block_size)
-                for a in (s.gpu, s.cpu)
-                if a is not None
-            ),
-            iterations=st.iterations,
-            generated_tokens=st.generated_tokens,
-            preemptions=s.num_preemptions,
-            swap_outs=s.num_swap_outs,
-            swap_ins=s.num_swap_ins,
-            prompt_tokens_prefilled=s.num_prompt_tokens_prefilled,
-            prompt_tokens_shared=s.num_prompt_tokens_shared,
-            tokens_per_s=st.tokens_per_s(),
-            uptime_s=time.monotonic() - st.started,
-            last_strategy=st.last_strategy,
-            by_strategy=dict(st.by_strategy),
-            finished_requests=st.finished_requests,
-            rejected_requests=st.rejected_requests,
-            max_queue=s.config.max_queue,
-            placement=s.placement,
-            draining=self.draining,
-            recoveries=st.recoveries,
-            prediction_mape=self.predictor.mape(),
-            prediction_samples=self.predictor.observed,
-            policy=self.policy_status(),
-        )
-
-    def requests(self) -> list[RequestSnapshot]:
-        now = time.monotonic()
-        return [
-            RequestSnapshot(
-                request_id=r.request_id,
-                status=r.status,
-                tier=r.tier,
-                prompt_tokens=len(r.prompt_ids),
-                output_tokens=len(r.output_ids),
-                max_tokens=r.sampling.max_tokens,
-                blocks=len(r.block_table),
-                age_s=now - r.arrival_time,
-                preemptions=r.preemptions,
-                migrations=r.migrations,
-            )
-            for r in (stream.request for stream in self.streams.values())
-        ]
-
-    def iterations(self, limit: int) -> list[IterationRecord]:
-        """The last iterations' records, newest first (all of them for limit 0)."""
-        return self.trace.last(limit)
