@@ -68,16 +68,34 @@ EXECUTOR_STOP_S = 10.0
 # Ports for servers are picked below the kernel's ephemeral range (32768-60999 by
 # default), where outgoing connections take their local ports: a port picked there can
 # be taken by a client's socket before the server binds it, and our servers refuse to
-# share a port. Each port is handed out once per process.
-SERVER_PORTS = range(20000, 32768)
+# share a port. Each port is handed out once per process. APEX_PORT_RANGE ("lo-hi",
+# inclusive) narrows it: a firewall's opening, or one range per parallel test worker so
+# two workers never pick the same port between one's check and its server's bind.
+DEFAULT_SERVER_PORTS = range(20000, 32768)
+
+
+def server_ports() -> range:
+    spec = os.environ.get("APEX_PORT_RANGE", "")
+    if not spec:
+        return DEFAULT_SERVER_PORTS
+    lo, sep, hi = spec.partition("-")
+    if not (sep and lo.strip().isdigit() and hi.strip().isdigit()):
+        raise LaunchError(f"APEX_PORT_RANGE must be 'lo-hi' (e.g. 20000-24999), not {spec!r}")
+    ports = range(int(lo), int(hi) + 1)
+    if not ports or ports.start < 1024 or ports.stop > 65536:
+        raise LaunchError(f"APEX_PORT_RANGE {spec!r} must lie within 1024-65535, low to high")
+    return ports
+
+
 _handed_out: set[int] = set()
 _rng = random.Random()  # its own: a test that seeds the global one must not repeat ports
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now, that this process has not handed out before."""
+    ports = server_ports()
     for _ in range(1000):
-        port = _rng.choice(SERVER_PORTS)
+        port = _rng.choice(ports)
         if port in _handed_out:
             continue
         with socket.socket() as s:
@@ -87,7 +105,7 @@ def free_port(host: str = "127.0.0.1") -> int:
                 continue
         _handed_out.add(port)
         return port
-    raise LaunchError(f"no free port in {SERVER_PORTS.start}-{SERVER_PORTS.stop - 1} on {host}")
+    raise LaunchError(f"no free port in {ports.start}-{ports.stop - 1} on {host}")
 
 
 def default_model_dir() -> Path:

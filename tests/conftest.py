@@ -15,6 +15,26 @@ from tests.factories import running_stack
 os.environ["APEX_PROFILE_DIR"] = tempfile.mkdtemp(prefix="apex-test-profiles-")
 
 
+def _worker_port_range() -> str | None:
+    """Under pytest-xdist each worker (and every stack it starts) picks server ports
+    from its own share of the range, so two workers never race for one port."""
+    worker, count = (
+        os.environ.get("PYTEST_XDIST_WORKER"),
+        os.environ.get("PYTEST_XDIST_WORKER_COUNT"),
+    )
+    if not worker or not count:
+        return None
+    from launcher.stack import DEFAULT_SERVER_PORTS as ports
+
+    share = len(ports) // int(count)
+    lo = ports.start + int(worker.removeprefix("gw")) * share
+    return f"{lo}-{lo + share - 1}"
+
+
+if (_ports := _worker_port_range()) is not None:
+    os.environ["APEX_PORT_RANGE"] = _ports
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
     from gpu_executor.model_init import init_model

@@ -16,7 +16,7 @@ import grpc
 
 from clients.apex_client import ApexClient
 from common.grpc_server import port_taken
-from launcher.stack import free_port
+from launcher.stack import LaunchError, free_port
 from tests.factories import BIN, hf_greedy, run, wait_until
 
 
@@ -238,3 +238,16 @@ def test_sigterm_gives_in_flight_requests_the_whole_drain_grace(models, tmp_path
     finally:
         if serve.poll() is None:
             serve.kill()
+
+
+def test_apex_port_range_narrows_the_server_ports_and_a_bad_one_is_named(monkeypatch):
+    monkeypatch.setenv("APEX_PORT_RANGE", "23000-23009")
+    assert all(23000 <= free_port() <= 23009 for _ in range(5))
+    for bad in ("23000", "2300-x", "500-600", "24000-23000"):
+        monkeypatch.setenv("APEX_PORT_RANGE", bad)
+        try:
+            free_port()
+        except LaunchError as e:
+            assert "APEX_PORT_RANGE" in str(e) and repr(bad) in str(e)
+        else:
+            raise AssertionError(f"APEX_PORT_RANGE={bad!r} was taken")
