@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scheduler.costs.profile import Profile, step_time
-from scheduler.sim.simulator import WORKLOADS, requests, simulate
+from scheduler.sim.simulator import WORKLOADS, LoopCost, requests, simulate
 
 BIN = Path(sys.executable).parent
 
@@ -98,3 +99,41 @@ def test_a_measured_profile_drives_the_simulator_too():
     for r in results.values():
         assert r.iterations > 0 and r.throughput > 0
     assert results["neo"].strategies.get("pipeline", 0) > 0
+
+
+def test_a_loop_cost_adds_its_parts_and_a_cpu_row_cost_touches_only_hybrid_steps():
+    loop = LoopCost(scale=1.5, per_step_s=0.001, per_row_s=0.0002, per_cpu_row_s=0.003)
+    assert loop.of(0.010, rows=4) == pytest.approx(0.015 + 0.001 + 0.0008)
+    assert loop.of(0.010, rows=4, cpu_rows=2) == pytest.approx(0.0168 + 0.006)
+    with pytest.raises(ValueError, match="times >= 0"):
+        LoopCost(per_cpu_row_s=-0.001)
+    profile = Profile.load("t4-llama2-7b")
+    cpu_only = LoopCost(per_cpu_row_s=0.05)
+
+    def run(policy: str, cost: LoopCost | None):
+        return simulate(profile, WORKLOADS["cot"], policy, n=40, rate=0.05, seed=2, loop=cost)
+
+    assert run("gpu-only", cpu_only).tpot_p50 == run("gpu-only", None).tpot_p50
+    hybrid, plain = run("neo", cpu_only), run("neo", None)
+    assert hybrid.strategies.get("pipeline", 0) > 0
+    assert hybrid.tpot_p99 > plain.tpot_p99
+
+
+def test_the_loop_fit_recovers_a_known_loop_from_iterations():
+    from benchmarks.sim_vs_stack import fit_loop
+
+    rng = np.random.default_rng(0)
+    model = rng.uniform(0.002, 0.02, 400)
+    rows = rng.integers(1, 32, 400).astype(float)
+    cpu = np.minimum(rows, rng.integers(0, 8, 400)).astype(float)
+    measured = 1.2 * model + 0.0003 * rows + 0.0008 * cpu + rng.normal(0, 1e-5, 400)
+    gaps = 0.0002 + 0.0001 * rows + rng.normal(0, 1e-6, 400)
+    half = [
+        (np.stack([measured, model, rows, cpu], 1)[i::2], np.stack([gaps, rows], 1)[i::2])
+        for i in (0, 1)
+    ]
+    loop = fit_loop(half)
+    assert loop.scale == pytest.approx(1.2, rel=0.02)
+    assert loop.per_row_s == pytest.approx(0.0003 + 0.0001, rel=0.05)
+    assert loop.per_cpu_row_s == pytest.approx(0.0008, rel=0.05)
+    assert loop.per_step_s == pytest.approx(0.0002, rel=0.05)

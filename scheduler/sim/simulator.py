@@ -43,20 +43,31 @@ WORKLOADS = {
 @dataclass(frozen=True)
 class LoopCost:
     """What a real daemon's iteration costs beyond the profile's step: the step itself
-    scaled (a machine busier than when the profile was measured), and the host-side
-    loop between steps (scheduling, bookkeeping, streaming), per step and per row.
-    Fitted from a live run's trace (benchmarks/sim_vs_stack.py); none by default."""
+    scaled (a machine busier than when the profile was measured), a cost per row and
+    per CPU row on top, and the host-side loop between steps (scheduling, bookkeeping,
+    streaming). Where the executors share the host's cores with the daemon and its
+    clients (a machine without a GPU) their steps slow with the host work each row
+    brings, and CPU rows run both executors at once, which the profile, timing each
+    alone, does not see. Fitted from live runs' traces (benchmarks/sim_vs_stack.py);
+    none by default."""
 
     scale: float = 1.0
     per_step_s: float = 0.0
     per_row_s: float = 0.0
+    per_cpu_row_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.scale > 0 or self.per_step_s < 0 or self.per_row_s < 0:
+        times = (self.per_step_s, self.per_row_s, self.per_cpu_row_s)
+        if not self.scale > 0 or min(times) < 0:
             raise ValueError(f"a loop cost needs scale > 0 and times >= 0, got {self}")
 
-    def of(self, step_s: float, rows: int) -> float:
-        return self.scale * step_s + self.per_step_s + self.per_row_s * rows
+    def of(self, step_s: float, rows: int, cpu_rows: int = 0) -> float:
+        return (
+            self.scale * step_s
+            + self.per_step_s
+            + self.per_row_s * rows
+            + self.per_cpu_row_s * cpu_rows
+        )
 
 
 @dataclass
@@ -171,7 +182,7 @@ def simulate(
             now[0] = pending[i][0]
             continue
         step = step_time(profile, plan)
-        now[0] += loop.of(step, len(plan.seqs)) if loop is not None else step
+        now[0] += loop.of(step, len(plan.seqs), plan.num_cpu_rows) if loop is not None else step
         updated = sched.update(plan, [2] * len(plan.seqs))
         steps.append((now[0], len(updated)))
         used[plan.strategy.value] = used.get(plan.strategy.value, 0) + 1
