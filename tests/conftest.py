@@ -57,3 +57,22 @@ def gqa_stack(models, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("logs-gqa")
     with running_stack(models["tiny-gqa"], log_dir, executor_args=["--cuda-graphs"]) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def openai_stack(models, tmp_path_factory):
+    """The OpenAI API's files share it (tests/openai_shared.py)."""
+    from tests.openai_shared import GPU_STACK_ARGS
+
+    log_dir = tmp_path_factory.mktemp("openai")
+    with running_stack(models["tiny"], log_dir, scheduler_args=GPU_STACK_ARGS) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def openai_cpu_stack(models, tmp_path_factory):
+    from tests.openai_shared import CPU_STACK_ARGS
+
+    log_dir = tmp_path_factory.mktemp("openai-cpu")
+    with running_stack(models["tiny-gqa"], log_dir, CPU_STACK_ARGS, cpu_executor_args=[]) as s:
+        yield s
