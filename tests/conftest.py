@@ -76,3 +76,24 @@ def openai_cpu_stack(models, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("openai-cpu")
     with running_stack(models["tiny-gqa"], log_dir, CPU_STACK_ARGS, cpu_executor_args=[]) as s:
         yield s
+
+
+# The files that take longest, longest first (seconds alone on a 2-core VM, 2026-12-07).
+# Under xdist each file runs whole on one worker, in collection order: started first,
+# they do not leave one worker running a long file while the other sits idle at the end.
+LONGEST_FILES = (
+    "test_hybrid_exactness.py",  # ~90 s
+    "test_cli.py",  # ~80
+    "test_exactness.py",  # ~50
+    "test_faults.py",  # ~45
+    "test_gpu_check.py",  # ~45
+    "test_router.py",  # ~35
+    "test_fuzz.py",  # ~27
+    "test_profiler.py",  # ~27
+    "test_policy_live.py",  # ~26
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep order
