@@ -29,7 +29,7 @@ from gpu_executor.cpu_link import CpuExecutorLost, CpuLink
 from gpu_executor.decode_graphs import DecodeGraphs
 from gpu_executor.llama import LlamaModel, sync
 from gpu_executor.probes import ProbeError, probe
-from gpu_executor.row_memory import RowMemory, RowMemoryLost
+from gpu_executor.row_memory import Row, RowMemory, RowMemoryLost
 from gpu_executor.sampler import RowSampling, logprobs, sample
 from gpu_executor.strategies import forward
 
@@ -160,23 +160,19 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
             link.swap_out(cache.k, cache.v, [(c.src, c.dst) for c in request.swap_out])
             link.swap_in(cache.k, cache.v, [(c.src, c.dst) for c in request.swap_in])
         try:
-            rows = self.memory.resolve(request.seqs)
+            rows = self.memory.resolve(request)
         except RowMemoryLost as e:
             context.abort(grpc.StatusCode.ABORTED, str(e))
-        seqs = [
-            SeqInput(list(s.token_ids), s.start_pos, row.table, s.tier)
-            for s, row in zip(request.seqs, rows, strict=True)
-        ]
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        seqs = [SeqInput(row.token_ids, row.start_pos, row.table, row.tier) for row in rows]
         if self.graphs is not None and self.graphs.serves(seqs):
             logits = self.graphs.run(seqs)
             sync(model.device)
         else:
             logits = self.forward(seqs, request, context)
-        self.memory.keep(request.seqs, rows)
-        draws = [
-            row_sampling(s, row.sampling, seq.end_pos)
-            for s, row, seq in zip(request.seqs, rows, seqs, strict=True)
-        ]
+        self.memory.keep(rows)
+        draws = [row_sampling(row) for row in rows]
         tokens = sample(logits, draws)
         reply = executor_pb2.StepResponse(step_id=request.step_id, next_tokens=tokens)
         if any(r.logprobs >= 0 for r in draws):
@@ -191,23 +187,22 @@ class GpuExecutorServicer(executor_pb2_grpc.GpuExecutorServicer):
         return reply
 
 
-def row_sampling(
-    s: executor_pb2.SeqStep, sp: executor_pb2.SamplingSpec, position: int
-) -> RowSampling:
+def row_sampling(row: Row) -> RowSampling:
+    sp = row.sampling
     return RowSampling(
         temperature=sp.temperature,
         top_p=sp.top_p or 1.0,
         top_k=sp.top_k,
         seed=sp.seed,
-        position=position,
+        position=row.end_pos,
         logprobs=sp.top_logprobs if sp.logprobs else -1,
         banned=tuple(sp.banned_token_ids),
         logit_bias=tuple(sp.logit_bias.items()),
         repetition_penalty=sp.repetition_penalty,
         frequency_penalty=sp.frequency_penalty,
         presence_penalty=sp.presence_penalty,
-        prompt_ids=tuple(s.prompt_token_ids),
-        output_ids=tuple(s.output_token_ids),
+        prompt_ids=row.prompt_token_ids,
+        output_ids=row.output_token_ids,
     )
 
 

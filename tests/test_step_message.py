@@ -38,19 +38,21 @@ def request(rid: str, n: int, **sampling) -> Request:
 
 
 def check_rebuilt(plan: StepPlan, msg: executor_pb2.StepRequest, memory: RowMemory) -> None:
-    rows = memory.resolve(msg.seqs)
+    rows = memory.resolve(msg)
     for s, row in zip(plan.seqs, rows, strict=True):
-        assert row.table == list(s.block_table), s.request.request_id
-        assert row.sampling == sampling_spec(s), s.request.request_id
+        rid = s.request.request_id
+        assert (row.request_id, row.token_ids, row.start_pos) == (rid, s.token_ids, s.start_pos)
+        assert row.table == list(s.block_table), rid
+        assert row.sampling == sampling_spec(s), rid
         assert row.tier == (executor_pb2.TIER_CPU if s.tier is Tier.CPU else executor_pb2.TIER_GPU)
-    memory.keep(msg.seqs, rows)
+    memory.keep(rows)
 
 
 def test_the_executor_rebuilds_every_plan_from_the_deltas():
     s, encoder, memory = scheduler(gpu_blocks=24), StepEncoder(), RowMemory()
     for i in range(6):
         s.add(request(f"r{i}", 5 + 3 * i, min_tokens=4 if i % 2 else 0, seed=i))
-    whole = delta = 0
+    whole = delta = columns = rows = 0
     for step in range(60):
         plan = s.schedule()
         if plan is None:
@@ -64,15 +66,20 @@ def test_the_executor_rebuilds_every_plan_from_the_deltas():
         check_rebuilt(plan, msg, memory)
         encoder.acknowledge()
         delta += sum(len(r.block_table) for r in msg.seqs)
+        delta += sum(1 for b in msg.continue_block if b >= 0)
         whole += sum(len(r.block_table) for r in plan.seqs)
+        columns += sum(1 for src in msg.row_source if src >= 0)
+        rows += len(plan.seqs)
         if step == 20:  # a failed step: the encoder forgets, the next message is whole
             encoder.forget()
             msg = encoder.encode(plan)
+            assert not msg.row_source and len(msg.seqs) == len(plan.seqs)
             assert all(r.table_offset == 0 and r.HasField("sampling") for r in msg.seqs)
         s.update(plan, [7] * len(plan.seqs))
     assert not s.running and not s.waiting
     assert s.num_preemptions + s.num_swap_outs > 0, "the run exercised no preemption or move"
     assert delta < whole / 3, (delta, whole)
+    assert columns > rows / 2, (columns, rows)  # most rows went as three integers
 
 
 def test_min_tokens_sends_sampling_while_the_ban_changes_then_stops_sending_it():
@@ -83,7 +90,7 @@ def test_min_tokens_sends_sampling_while_the_ban_changes_then_stops_sending_it()
         plan = s.schedule()
         msg = encoder.encode(plan)
         encoder.acknowledge()
-        sent.append(msg.seqs[0].HasField("sampling"))
+        sent.append(bool(msg.seqs) and msg.seqs[0].HasField("sampling"))
         s.update(plan, [7])
     # token 9 is banned for the first three draws; the fourth step sends the lifted ban
     assert sent == [True, False, False, True, False, False]
@@ -94,7 +101,7 @@ def test_a_delta_the_executor_cannot_apply_is_refused_and_memory_is_kept():
     full = executor_pb2.SeqStep(
         request_id="a", token_ids=[5], start_pos=3, block_table=[4, 9], sampling={"seed": 1}
     )
-    memory.keep([full], memory.resolve([full]))
+    memory.keep(memory.resolve(executor_pb2.StepRequest(seqs=[full])))
     for bad, what in (
         (executor_pb2.SeqStep(request_id="b", token_ids=[5], table_offset=1), "table_offset"),
         (executor_pb2.SeqStep(request_id="b", token_ids=[5], block_table=[3]), "sampling"),
@@ -107,9 +114,28 @@ def test_a_delta_the_executor_cannot_apply_is_refused_and_memory_is_kept():
         ),
     ):
         with pytest.raises(RowMemoryLost, match=what):
-            memory.resolve([bad])
-    (row,) = memory.resolve([executor_pb2.SeqStep(request_id="a", table_offset=2, block_table=[1])])
+            memory.resolve(executor_pb2.StepRequest(seqs=[bad]))
+    with pytest.raises(RowMemoryLost, match="row 1 of the last step"):
+        memory.resolve(
+            executor_pb2.StepRequest(row_source=[1], continue_token=[6], continue_block=[-1])
+        )
+    for bad, what in (
+        ({"row_source": [0], "continue_token": [6], "continue_block": []}, "as long as"),
+        ({"row_source": [0, -1], "continue_token": [6], "continue_block": [-1]}, "more than"),
+        ({"row_source": [0], "continue_token": [6, 7], "continue_block": [-1, -1]}, "account"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            memory.resolve(executor_pb2.StepRequest(**bad))
+    msg = executor_pb2.StepRequest(
+        seqs=[executor_pb2.SeqStep(request_id="a", table_offset=2, block_table=[1])]
+    )
+    (row,) = memory.resolve(msg)
     assert row.table == [4, 9, 1] and row.sampling.seed == 1
+    # a continued row: the last step's row 0, its next token, and the block it gained
+    msg = executor_pb2.StepRequest(row_source=[0], continue_token=[6], continue_block=[12])
+    (row,) = memory.resolve(msg)
+    assert (row.request_id, row.token_ids, row.start_pos) == ("a", [6], 4)
+    assert row.table == [4, 9, 12] and row.sampling.seed == 1
 
 
 def test_a_real_executor_that_lost_its_memory_gets_the_step_whole(models, tmp_path):

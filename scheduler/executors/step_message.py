@@ -3,8 +3,10 @@
 At 256 running requests a whole message carries ~16k block-table entries and 256
 sampling specs every iteration, and building it cost more than the decision itself.
 Between two steps a decoding row's table gains at most one block and its sampling
-rarely changes, so a row that was in the previous step sends only the blocks from
-`table_offset` on and no sampling unless it changed (executor.proto, SeqStep). The
+rarely changes. So a row that only decodes on, as it was, goes as three integers in
+packed columns (its row in the last step, its token, the block it gained or -1); any
+other row that was in the previous step sends only the blocks from `table_offset` on
+and no sampling unless it changed (executor.proto, StepRequest and SeqStep). The
 executor remembers exactly the rows of the step it ran last; this encoder mirrors that
 rule, and forgets everything when a step fails, so the next message is whole.
 """
@@ -28,13 +30,16 @@ STRATEGIES = {
 class SentRow:
     """What the executor holds for a row after a step: the table it was sent (the
     scheduler's own list, which only grows in place; a move or a preemption replaces
-    it), how much of it, and the sampling that went with it."""
+    it), how much of it, the sampling that went with it, the row's place in that step
+    and the position it ends at."""
 
     table: list[int]
     length: int
     tier: Tier
     sampling: SamplingConfig
     banned: tuple[int, ...]
+    index: int
+    end_pos: int
 
 
 def sampling_spec(s: SeqPlan) -> executor_pb2.SamplingSpec:
@@ -73,32 +78,70 @@ class StepEncoder:
             pipeline_rows=plan.pipeline_rows,
         )
         add_row = msg.seqs.add  # in place: a list of rows passed in would be copied
-        for s in plan.seqs:
-            rid, table, sp = s.request.request_id, s.block_table, s.request.sampling
-            row = {"request_id": rid, "token_ids": s.token_ids, "start_pos": s.start_pos}
+        source, tokens, blocks = [], [], []
+        for i, s in enumerate(plan.seqs):
+            rid, table, sp, fed = (
+                s.request.request_id,
+                s.block_table,
+                s.request.sampling,
+                s.token_ids,
+            )
             prev = acked.get(rid)
-            if (
+            same = (
                 prev is not None
                 and prev.table is table
                 and prev.tier is s.tier
                 and 0 < prev.length <= len(table)
-            ):
-                row["table_offset"] = prev.length
-                row["block_table"] = table[prev.length :]
+            )
+            if (
+                same
+                and len(fed) == 1
+                and s.start_pos == prev.end_pos
+                and len(table) - prev.length <= 1
+                and prev.sampling is sp
+                and prev.banned == s.banned
+                and not sp.penalised
+            ):  # a decoding row as it was: three integers
+                source.append(prev.index)
+                tokens.append(fed[0])
+                blocks.append(table[-1] if len(table) > prev.length else -1)
             else:
-                row["block_table"] = table
-            if s.tier is Tier.CPU:
-                row["tier"] = executor_pb2.TIER_CPU
-            if prev is None or prev.sampling is not sp or prev.banned != s.banned:
-                row["sampling"] = sampling_spec(s)
-            if sp.penalised:  # the token lists, which grow with the output, go every step
-                row["output_token_ids"] = s.request.output_ids
-                if sp.repetition_penalty != 1.0:
-                    row["prompt_token_ids"] = s.request.prompt_ids
-            add_row(**row)
-            pending[rid] = SentRow(table, len(table), s.tier, sp, s.banned)
+                source.append(-1)
+                add_row(**self.row_fields(s, prev, same))
+            pending[rid] = SentRow(
+                table, len(table), s.tier, sp, s.banned, i, s.start_pos + len(fed)
+            )
+        if len(msg.seqs) < len(source):
+            msg.row_source.extend(source)
+            msg.continue_token.extend(tokens)
+            msg.continue_block.extend(blocks)
         self.pending = pending
         return msg
+
+    @staticmethod
+    def row_fields(s: SeqPlan, prev: SentRow | None, same_table: bool) -> dict:
+        """A row as a SeqStep: its table from where the last step's left off when it is
+        the same table, its sampling unless unchanged since the last step."""
+        table, sp = s.block_table, s.request.sampling
+        row = {
+            "request_id": s.request.request_id,
+            "token_ids": s.token_ids,
+            "start_pos": s.start_pos,
+        }
+        if prev is not None and same_table:
+            row["table_offset"] = prev.length
+            row["block_table"] = table[prev.length :]
+        else:
+            row["block_table"] = table
+        if s.tier is Tier.CPU:
+            row["tier"] = executor_pb2.TIER_CPU
+        if prev is None or prev.sampling is not sp or prev.banned != s.banned:
+            row["sampling"] = sampling_spec(s)
+        if sp.penalised:  # the token lists, which grow with the output, go every step
+            row["output_token_ids"] = s.request.output_ids
+            if sp.repetition_penalty != 1.0:
+                row["prompt_token_ids"] = s.request.prompt_ids
+        return row
 
     def acknowledge(self) -> None:
         """The step the last message carried ran: the executor now holds its rows."""
