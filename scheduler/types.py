@@ -132,8 +132,12 @@ class Request:
         return self.status is Status.FINISHED
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=False)
 class SeqPlan:
+    """One row of a step. Read-only by convention, not frozen: the scheduler makes one
+    per running request every iteration, and a frozen dataclass costs 1.2 us to build
+    against 0.5 (0.2 ms a step at 256 rows). Compared by identity."""
+
     request: Request
     token_ids: list[int]  # what to feed this iteration
     start_pos: int  # position of token_ids[0]

@@ -110,7 +110,10 @@ class SchedulerConfig:
 
     def future_blocks(self, req: Request) -> int:
         """Blocks the request holds once it has generated all it may."""
-        return self.blocks_for(min(req.num_tokens + req.remaining_tokens, self.max_model_len))
+        # num_tokens + remaining_tokens, without the two properties: it runs for every
+        # running request each iteration
+        final = len(req.prompt_ids) + req.sampling.max_tokens
+        return self.blocks_for(min(final, self.max_model_len))
 
 
 def forced(strategy: str, seqs: list[SeqPlan]) -> Decision:
