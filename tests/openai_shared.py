@@ -7,6 +7,7 @@ from __future__ import annotations
 import urllib.request
 
 import openai
+import pytest
 
 TOKEN = "sk-apex-test"
 MESSAGES = [
@@ -46,3 +47,15 @@ def labelled(text: str, name: str) -> tuple[str, float]:
 def value(text: str, name: str) -> float:
     """The value of the unlabelled sample `name`."""
     return float(next(ln for ln in text.splitlines() if ln.startswith(name + " ")).split()[1])
+
+
+# The two stacks under the names the tests take them by. Each test file imports these
+# functions; pytest finds a fixture by its `name`, whatever the attribute is called.
+@pytest.fixture(scope="module", name="stack")
+def gpu_stack_fixture(openai_stack):
+    return openai_stack
+
+
+@pytest.fixture(scope="module", name="cpu_stack")
+def cpu_stack_fixture(openai_cpu_stack):
+    return openai_cpu_stack

@@ -7,18 +7,13 @@ from __future__ import annotations
 
 import pytest
 
+from tests import openai_shared
 from tests.factories import chat_prompt_ids, hf_greedy, hf_logprobs, hf_processed_greedy
 from tests.openai_shared import MESSAGES, client, extra, name, scrape, value
 
-
-@pytest.fixture(scope="module")
-def stack(openai_stack):
-    return openai_stack
-
-
-@pytest.fixture(scope="module")
-def cpu_stack(openai_cpu_stack):
-    return openai_cpu_stack
+# the shared stacks, as this file's fixtures `stack` and `cpu_stack`
+gpu_stack_fixture = openai_shared.gpu_stack_fixture
+cpu_stack_fixture = openai_shared.cpu_stack_fixture
 
 
 @pytest.mark.parametrize("which", ["stack", "cpu_stack"])
