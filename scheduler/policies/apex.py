@@ -63,11 +63,11 @@ class ApexPolicy(CostedPolicy):
         return waited + gpu_wait_s(view, req, self.step_s(load)) <= budget
 
     def prefill_s(self, view: SchedulerView, req: Request, load: Work) -> float:
-        """The iterations that carry the request's prompt (in chunks, as the scheduler
-        will), at the present load."""
+        """The iterations that carry the request's prompt (in chunks of what the decode
+        rows leave of the token budget, as the scheduler will), at the present load."""
         cfg = view.config
         n = req.num_tokens
-        chunk = cfg.max_num_batched_tokens if cfg.chunked_prefill else n
+        chunk = cfg.prefill_budget(load.rows) if cfg.chunked_prefill else n
         return sum(self.step_s(load.plus_prompt(s, min(chunk, n - s))) for s in range(0, n, chunk))
 
     def step_s(self, work: Work) -> float:
