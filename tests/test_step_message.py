@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 from apex.v1 import executor_pb2
 
@@ -173,5 +174,14 @@ async def two_runs(address: str, model) -> None:
             out += result.next_tokens
             s.update(plan, result.next_tokens)
         assert out == hf_greedy(model, prompt, 3)
+        # columns that do not add up are the sender's mistake; a row it never ran, lost
+        for columns, code in (
+            ({"row_source": [0, 0], "continue_token": [1], "continue_block": [-1]}, "INVALID"),
+            ({"row_source": [5], "continue_token": [1], "continue_block": [-1]}, "ABORTED"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await client.stub.Step(executor_pb2.StepRequest(step_id=99, **columns), timeout=30)
+            assert err.value.code().name.startswith(code), err.value
+            assert "row" in err.value.details(), err.value.details()
     finally:
         await client.close()
