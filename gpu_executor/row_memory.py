@@ -48,15 +48,17 @@ class RowMemory:
         called, so a step refused on its input leaves the memory as it was."""
         if not step.row_source:
             return [self.whole(s) for s in step.seqs]
-        seqs, k = step.seqs, 0
-        if len(step.continue_token) != len(step.continue_block):
+        seqs, tokens, blocks = step.seqs, step.continue_token, step.continue_block
+        if len(tokens) != len(blocks):
             raise ValueError("continue_token and continue_block must be as long as each other")
-        continued = zip(step.continue_token, step.continue_block, strict=True)
-        rows = []
+        whole = sum(1 for src in step.row_source if src < 0)
+        if whole > len(seqs):
+            raise ValueError(f"row_source asks for more than the {len(seqs)} seqs sent")
+        if whole != len(seqs) or len(step.row_source) - whole != len(tokens):
+            raise ValueError("row_source does not account for every seq and continued row sent")
+        rows, k, j = [], 0, 0
         for src in step.row_source:
             if src < 0:
-                if k >= len(seqs):
-                    raise ValueError(f"row_source asks for more than the {len(seqs)} seqs sent")
                 rows.append(self.whole(seqs[k]))
                 k += 1
                 continue
@@ -65,16 +67,12 @@ class RowMemory:
                     f"no memory of row {src} of the last step ({len(self.last)} rows): "
                     "send the step whole"
                 )
-            token, block = next(continued, (None, None))
-            if token is None:
-                raise ValueError("fewer continue_token entries than continued rows")
-            prev = self.last[src]
+            prev, block = self.last[src], blocks[j]
             table = [*prev.table, block] if block >= 0 else prev.table
             rows.append(
-                Row(prev.request_id, [token], prev.end_pos, table, prev.tier, prev.sampling)
+                Row(prev.request_id, [tokens[j]], prev.end_pos, table, prev.tier, prev.sampling)
             )
-        if k != len(seqs) or next(continued, None) is not None:
-            raise ValueError("row_source does not account for every seq and continued row sent")
+            j += 1
         return rows
 
     def whole(self, s: executor_pb2.SeqStep) -> Row:
