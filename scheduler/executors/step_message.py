@@ -87,19 +87,19 @@ class StepEncoder:
                 s.token_ids,
             )
             prev = acked.get(rid)
-            same = (
+            same_table = (
                 prev is not None
                 and prev.table is table
                 and prev.tier is s.tier
                 and 0 < prev.length <= len(table)
             )
+            same_sampling = prev is not None and prev.sampling is sp and prev.banned == s.banned
             if (
-                same
+                same_table
+                and same_sampling
                 and len(fed) == 1
                 and s.start_pos == prev.end_pos
                 and len(table) - prev.length <= 1
-                and prev.sampling is sp
-                and prev.banned == s.banned
                 and not sp.penalised
             ):  # a decoding row as it was: three integers
                 source.append(prev.index)
@@ -107,7 +107,7 @@ class StepEncoder:
                 blocks.append(table[-1] if len(table) > prev.length else -1)
             else:
                 source.append(-1)
-                add_row(**self.row_fields(s, prev, same))
+                add_row(**self.row_fields(s, prev, same_table, same_sampling))
             pending[rid] = SentRow(
                 table, len(table), s.tier, sp, s.banned, i, s.start_pos + len(fed)
             )
@@ -119,7 +119,7 @@ class StepEncoder:
         return msg
 
     @staticmethod
-    def row_fields(s: SeqPlan, prev: SentRow | None, same_table: bool) -> dict:
+    def row_fields(s: SeqPlan, prev: SentRow | None, same_table: bool, same_sampling: bool) -> dict:
         """A row as a SeqStep: its table from where the last step's left off when it is
         the same table, its sampling unless unchanged since the last step."""
         table, sp = s.block_table, s.request.sampling
@@ -135,7 +135,7 @@ class StepEncoder:
             row["block_table"] = table
         if s.tier is Tier.CPU:
             row["tier"] = executor_pb2.TIER_CPU
-        if prev is None or prev.sampling is not sp or prev.banned != s.banned:
+        if not same_sampling:
             row["sampling"] = sampling_spec(s)
         if sp.penalised:  # the token lists, which grow with the output, go every step
             row["output_token_ids"] = s.request.output_ids
