@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 class FinishReason(enum.IntEnum):
@@ -60,7 +61,7 @@ class SamplingConfig:
     logit_bias: tuple[tuple[int, float], ...] = ()
     min_tokens: int = 0  # before it, EOS and stop tokens are banned and stops not matched
 
-    @property
+    @cached_property  # asked for every row of every step message
     def penalised(self) -> bool:
         """Whether the executor needs the tokens so far (a penalty counts them)."""
         return bool(self.presence_penalty or self.frequency_penalty) or (

@@ -20,7 +20,7 @@ from itertools import chain
 
 from scheduler.core.block_manager import BlockAllocator
 from scheduler.core.config import SchedulerConfig, forced
-from scheduler.core.prompt_sharing import prefilling, prompt_blocks
+from scheduler.core.prompt_sharing import prompt_blocks
 from scheduler.core.stops import banned_tokens, check_stop
 from scheduler.core.tier_moves import TierMoves
 from scheduler.core.view import PolicyPort
@@ -125,10 +125,10 @@ class Scheduler(TierMoves):
         self.running = decodes
         # The plan shares each block table with its request: nothing changes a table
         # before the executor has run the plan, and the next schedule() makes new ones.
-        budget = self.config.prefill_budget(sum(1 for r in decodes if not prefilling(r)))
+        feds = [r.tokens_from(r.num_computed) for r in decodes]  # one token, or a prompt
+        budget = self.config.prefill_budget(sum(len(fed) <= 1 for fed in feds))
         seqs = []
-        for r in decodes:
-            fed = r.tokens_from(r.num_computed)
+        for r, fed in zip(decodes, feds, strict=True):
             if len(fed) > 1:  # the next chunk of a prompt (chunked prefill)
                 fed = fed[: max(budget, 0)]
                 budget -= len(fed)
@@ -161,12 +161,17 @@ class Scheduler(TierMoves):
         """Give each running request room for its next token, oldest first. On a full
         tier the newest request of that tier is evicted: to the CPU tier if it can take
         it (swap-out instead of recompute), else preempted for recompute."""
-        queue = deque(self.running)
-        decodes: list[Request] = []
         bs = self.config.block_size
+        room = 0  # the rows up to the first that needs a block (most rows, most steps)
+        for req in self.running:  # num_tokens inlined: every row, every step
+            if len(req.prompt_ids) + len(req.output_ids) > len(req.block_table) * bs:
+                break
+            room += 1
+        decodes = self.running[:room]
+        queue = deque(self.running[room:])
         while queue:
             req = queue.popleft()
-            if req.num_tokens <= len(req.block_table) * bs:  # room already: most steps
+            if req.num_tokens <= len(req.block_table) * bs:  # room already
                 decodes.append(req)
                 continue
             while True:

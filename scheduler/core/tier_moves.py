@@ -73,8 +73,10 @@ class TierMoves:
         parked = [*self.swapped, *(r for r in decodes if r.tier is Tier.CPU and not r.pinned)]
         if not parked:
             return
-        self.count_future_free(decodes)
         parked.sort(key=lambda r: r.arrival_time)
+        if self.gpu.num_free < self.future_blocks(parked[0]):
+            return  # what the GPU rows will still grow into only lowers this: no room
+        self.count_future_free(decodes)
         for req in parked:
             future = self.future_blocks(req)
             if self.future_free < future or not self.move(req, Tier.GPU):

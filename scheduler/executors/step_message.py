@@ -80,36 +80,30 @@ class StepEncoder:
         add_row = msg.seqs.add  # in place: a list of rows passed in would be copied
         source, tokens, blocks = [], [], []
         for i, s in enumerate(plan.seqs):
-            rid, table, sp, fed = (
-                s.request.request_id,
-                s.block_table,
-                s.request.sampling,
-                s.token_ids,
-            )
-            prev = acked.get(rid)
-            same_table = (
-                prev is not None
-                and prev.table is table
-                and prev.tier is s.tier
-                and 0 < prev.length <= len(table)
-            )
-            same_sampling = prev is not None and prev.sampling is sp and prev.banned == s.banned
+            req, table, fed = s.request, s.block_table, s.token_ids
+            sp, n = req.sampling, len(table)
+            prev = acked.get(req.request_id)
+            if prev is None:
+                same_table = same_sampling = False
+            else:
+                same_table = prev.table is table and prev.tier is s.tier and 0 < prev.length <= n
+                same_sampling = prev.sampling is sp and prev.banned == s.banned
             if (
                 same_table
                 and same_sampling
                 and len(fed) == 1
                 and s.start_pos == prev.end_pos
-                and len(table) - prev.length <= 1
+                and n - prev.length <= 1
                 and not sp.penalised
             ):  # a decoding row as it was: three integers
                 source.append(prev.index)
                 tokens.append(fed[0])
-                blocks.append(table[-1] if len(table) > prev.length else -1)
+                blocks.append(table[-1] if n > prev.length else -1)
             else:
                 source.append(-1)
                 add_row(**self.row_fields(s, prev, same_table, same_sampling))
-            pending[rid] = SentRow(
-                table, len(table), s.tier, sp, s.banned, i, s.start_pos + len(fed)
+            pending[req.request_id] = SentRow(
+                table, n, s.tier, sp, s.banned, i, s.start_pos + len(fed)
             )
         if len(msg.seqs) < len(source):
             msg.row_source.extend(source)
