@@ -78,11 +78,12 @@ def prompt_context(start: int, n: int) -> float:
 
 def work_of(seqs: list[SeqPlan]) -> Work:
     tokens, gctx, cctx, grows = 0, 0.0, [], 0
+    cpu = Tier.CPU  # looked up once: every row of every iteration comes through here
     for s in seqs:
         n = len(s.token_ids)
         ctx = s.start_pos + n
         tokens += n
-        if s.tier is Tier.CPU:
+        if s.tier is cpu:
             cctx.append(float(ctx))
         else:
             gctx += ctx if n == 1 else prompt_context(s.start_pos, n)

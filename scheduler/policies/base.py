@@ -181,10 +181,13 @@ def load_of(
     """(GPU context, CPU contexts, GPU tokens held) of these requests at their expected
     contexts, oldest first; `held`: what the GPU tier holds already."""
     gctx, cctx = 0.0, []
+    cpu = Tier.CPU
     for r in reqs:  # mean_context inlined: every running row, every iteration
         n = len(r.prompt_ids)
-        e = max(float(n + len(r.output_ids)), n + r.sampling.max_tokens / 2)
-        if r.tier is Tier.CPU or r.target_tier is Tier.CPU or held + e > gpu_capacity:
+        e = n + r.sampling.max_tokens / 2
+        if n + len(r.output_ids) > e:
+            e = float(n + len(r.output_ids))
+        if r.tier is cpu or r.target_tier is cpu or held + e > gpu_capacity:
             cctx.append(e)
         else:
             gctx += e
