@@ -13,7 +13,6 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 
 
 class FinishReason(enum.IntEnum):
@@ -61,12 +60,9 @@ class SamplingConfig:
     logit_bias: tuple[tuple[int, float], ...] = ()
     min_tokens: int = 0  # before it, EOS and stop tokens are banned and stops not matched
 
-    @cached_property  # asked for every row of every step message
-    def penalised(self) -> bool:
-        """Whether the executor needs the tokens so far (a penalty counts them)."""
-        return bool(self.presence_penalty or self.frequency_penalty) or (
-            self.repetition_penalty != 1.0
-        )
+    # Whether the executor needs the tokens so far (a penalty counts them). Set once
+    # here, not a property: the step message asks for every row of every step.
+    penalised: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # User input is validated (with field names) before this is built; these are
@@ -83,6 +79,10 @@ class SamplingConfig:
             raise ValueError(f"min_tokens must be in [0, max_tokens], got {self.min_tokens}")
         if not self.repetition_penalty > 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        penalised = bool(self.presence_penalty or self.frequency_penalty) or (
+            self.repetition_penalty != 1.0
+        )
+        object.__setattr__(self, "penalised", penalised)
 
 
 @dataclass
