@@ -139,17 +139,19 @@ def measure(args: argparse.Namespace, prof_path: Path, bench_path: Path):
         apexctl(stack.address, "profile", "--out", str(prof_path))
         # One run at a time, its trace read at once: the daemon keeps the last 8,192
         # iterations, fewer than a whole sweep takes. Repeats come round by round, so a
-        # slow spell of this shared machine lands on one run of each, not on all of one.
-        for _, policy, rate in itertools.product(
-            range(args.repeats), POLICIES, args.rates.split(",")
-        ):
-            bench = ["bench", "--workload", args.workload, "--requests", str(args.requests)]
-            bench += ["--policies", policy, "--rate", rate, "--scale", str(args.scale)]
-            apexctl(stack.address, *bench, "--out", str(bench_path))
-            measured.append(json.loads(bench_path.read_text())["results"][0])
-            trace = json.loads(apexctl(stack.address, "trace", "--limit", "0", "--json"))
-            first, last = measured[-1]["first_step"], measured[-1]["last_step"]
-            traces.append([t for t in trace if first <= int(t["step_id"]) <= last])
+        # slow spell of this shared machine lands on one run of each, not on all of one,
+        # and each round starts one place further along, so no configuration always
+        # runs last (after the daemon has served all the others of its round).
+        configs = list(itertools.product(POLICIES, args.rates.split(",")))
+        for r in range(args.repeats):
+            for policy, rate in configs[r % len(configs) :] + configs[: r % len(configs)]:
+                bench = ["bench", "--workload", args.workload, "--requests", str(args.requests)]
+                bench += ["--policies", policy, "--rate", rate, "--scale", str(args.scale)]
+                apexctl(stack.address, *bench, "--out", str(bench_path))
+                measured.append(json.loads(bench_path.read_text())["results"][0])
+                trace = json.loads(apexctl(stack.address, "trace", "--limit", "0", "--json"))
+                first, last = measured[-1]["first_step"], measured[-1]["last_step"]
+                traces.append([t for t in trace if first <= int(t["step_id"]) <= last])
     saved = {"measured": True, "workload": args.workload, "requests": args.requests}
     bench_path.write_text(json.dumps({**saved, "scale": args.scale, "results": measured}, indent=1))
     with gzip.open(traces_path(bench_path), "wt") as f:  # ~50k iterations: columns, gzipped

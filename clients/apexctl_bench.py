@@ -209,7 +209,9 @@ def cmd_bench(client: ApexClient, args: argparse.Namespace) -> int:
                 results.append(summarise(name, rate, done, client, since, slo))
     finally:
         wait_idle(client)
-        client.policy(before.name, before.tpot_slo_ms, before.ttft_slo_s)
+        # a bound that was the profile's default goes back as one (0), not as a figure
+        tpot_ms = 0.0 if before.tpot_from_profile else before.tpot_slo_ms
+        client.policy(before.name, tpot_ms, before.ttft_slo_s)
     report = {
         "measured": True,
         "device": info.device,

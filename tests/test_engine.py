@@ -10,8 +10,10 @@ import math
 
 import pytest
 
+from scheduler.costs.profile import Profile
 from scheduler.engine.engine import MAX_FAILED_STEPS
 from scheduler.engine.outputs import Draining, DuplicateRequest, EngineError, QueueFull
+from scheduler.policies.apex import default_tpot_slo
 from scheduler.types import ErrorCode, FinishReason, Status, Tier
 from tests.factories import EOS, FakeExecutors, byte_tokenizer, collect, make_engine, request
 
@@ -194,6 +196,30 @@ def test_policy_switch_live_takes_effect_and_bad_names_are_refused(tokenizer):
     assert status.policy.name == "gpu-only"
     assert items[-1].finish_reason is FinishReason.LENGTH
     assert sum(len(d.token_ids) for d in items) == 30
+
+
+def test_a_new_profile_re_derives_a_default_bound_and_keeps_an_operators(tokenizer):
+    """`apexctl profile` loads the profile it measured: apex's default TPOT bound is the
+    new profile's, not the one the daemon started with; a bound an operator set stays."""
+    t4, a10 = Profile.load("t4-llama2-7b"), Profile.load("a10-llama3.1-8b")
+    engine = make_engine(tokenizer, FakeExecutors(step_s=0.001), policy="apex")
+    engine.use_profile(t4)
+    st = engine.policy_status()
+    assert st.tpot_from_profile and st.tpot_slo_s == pytest.approx(default_tpot_slo(t4))
+    engine.use_profile(a10)
+    st = engine.policy_status()
+    assert st.tpot_from_profile and st.tpot_slo_s == pytest.approx(default_tpot_slo(a10))
+    engine.set_policy("apex", 0.3)
+    engine.use_profile(t4)
+    assert engine.policy_status().tpot_slo_s == 0.3
+    assert not engine.policy_status().tpot_from_profile
+    engine.set_policy("neo")
+    engine.set_policy("apex")  # no bound asked for: the profile's default again
+    st = engine.policy_status()
+    assert st.tpot_from_profile and st.tpot_slo_s == pytest.approx(default_tpot_slo(t4))
+    engine.set_policy("apex", 0.25)
+    engine.set_policy("apex", ttft_slo_s=4.0)  # a TTFT bound alone keeps the TPOT one
+    assert engine.policy_status().tpot_slo_s == 0.25
 
 
 def test_migrate_pins_a_request_to_a_tier(tokenizer):

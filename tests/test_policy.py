@@ -12,7 +12,7 @@ from scheduler.core.scheduler import Scheduler
 from scheduler.costs.cost_model import Work, best_decision, overlap_s, pipeline_s
 from scheduler.costs.profile import Profile
 from scheduler.policies import make_policy
-from scheduler.policies.apex import ApexPolicy
+from scheduler.policies.apex import ApexPolicy, default_tpot_slo
 from scheduler.policies.base import mean_context
 from scheduler.sim.simulator import WORKLOADS, simulate
 from scheduler.types import Request, SamplingConfig, SeqPlan, Status, Strategy, Tier
@@ -171,6 +171,28 @@ def test_bad_policy_settings_are_value_errors():
     fallback = make_policy("apex", None)
     assert fallback.name == "apex" and "no profile" in fallback.describe()
     assert math.isnan(fallback.choose(rows([10], [10])).predicted_s)
+
+
+def test_apex_default_bound_scales_with_the_machine_and_an_operators_does_not():
+    derived, given = make_policy("apex", T4), make_policy("apex", T4, 0.2)
+    default = default_tpot_slo(T4)
+    assert derived.tpot_slo_s == default and derived.tpot_slo_given is None
+    assert "from the profile" in derived.describe()
+    assert given.tpot_slo_s == 0.2 and "from the profile" not in given.describe()
+    # the machine runs its steps at twice the profile's time
+    for p in (derived, given):
+        for _ in range(10):
+            p.calibration.observe(0.05, 0.1)
+    assert derived.tpot_slo_s == pytest.approx(2 * default) and given.tpot_slo_s == 0.2
+    # so a default-bound apex admits what it did on the profile's machine: the step it
+    # predicts and the bound it holds it to scale together. A step of 0.86x the default
+    # on the profile runs at 1.7x it here: a bound left unscaled would refuse it.
+    work = Work(8, 8, 4000.0, (2000.0,) * 3, 5)
+    fresh = make_policy("apex", T4)
+    assert fresh.step_s(work) < default < derived.step_s(work)
+    assert derived.within_bound(work) and fresh.within_bound(work)
+    # while the operator's bound holds as it is: the slower machine no longer meets it
+    assert make_policy("apex", T4, 0.2).within_bound(work) and not given.within_bound(work)
 
 
 def test_best_decision_without_cpu_strategies_still_runs_forced_cpu_rows():

@@ -10,6 +10,8 @@ import grpc
 import pytest
 from apex.v1 import admin_pb2
 
+from scheduler.costs.profile import load_profile
+from scheduler.policies.apex import default_tpot_slo
 from tests.factories import (
     BIN,
     assert_matches_hf,
@@ -48,8 +50,14 @@ def test_profile_is_measured_saved_loaded_at_start_and_drives_apex(models, tmp_p
         assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert list(store.glob("*.json")), "the daemon saved it where it looks at start"
         with s.client() as c:
-            assert c.policy().profile == prof["name"]
-            assert c.policy().description.startswith("apex (TPOT bound")
+            info = c.policy()
+            assert info.profile == prof["name"]
+            assert info.description.startswith("apex (TPOT bound")
+            # apex's default bound is the measured profile's (nothing has run since, so
+            # the calibration is still 1)
+            assert info.tpot_from_profile and "from the profile" in info.description
+            bound_ms = 1e3 * default_tpot_slo(load_profile(str(out)))
+            assert info.tpot_slo_ms == pytest.approx(bound_ms)
             vocab = c.model_info().vocab_size
         prompts = make_prompts(vocab, seed=31)
         results = run_concurrently(s, prompts)

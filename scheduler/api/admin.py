@@ -30,6 +30,7 @@ def policy_info(p: PolicyStatus) -> admin_pb2.PolicyInfo:
     return admin_pb2.PolicyInfo(
         name=p.name,
         tpot_slo_ms=(p.tpot_slo_s or 0.0) * 1e3,
+        tpot_from_profile=p.tpot_from_profile,
         ttft_slo_s=p.ttft_slo_s or 0.0,
         profile=p.profile,
         description=p.description,

@@ -282,7 +282,7 @@ class Engine(EngineReadout):
         """Switch the policy live (from the next iteration); None keeps the bound in
         force. Raises ValueError for an unknown name or a bound <= 0."""
         old = self.scheduler.policy
-        tpot = tpot_slo_s if tpot_slo_s else old.tpot_slo_s
+        tpot = tpot_slo_s if tpot_slo_s else old.tpot_slo_given  # a default is re-derived
         ttft = ttft_slo_s if ttft_slo_s else old.ttft_slo_s
         policy = make_policy(name, self.cost, tpot, ttft)
         self.scheduler.set_policy(policy)
@@ -291,10 +291,11 @@ class Engine(EngineReadout):
         return self.policy_status()
 
     def use_profile(self, cost: CostModel) -> None:
-        """A new cost model: the policy is rebuilt on it, keeping its name and bound."""
+        """A new cost model: the policy is rebuilt on it, keeping its name and the
+        operator's bounds; a bound that was the old profile's default is the new one's."""
         self.cost = cost
         p = self.scheduler.policy
-        self.scheduler.set_policy(make_policy(p.name, cost, p.tpot_slo_s, p.ttft_slo_s))
+        self.scheduler.set_policy(make_policy(p.name, cost, p.tpot_slo_given, p.ttft_slo_s))
 
     def migrate(self, request_id: str, tier: Tier) -> bool:
         """Operator lever: move a request's KV to `tier` and keep it there. Raises

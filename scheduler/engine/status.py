@@ -53,6 +53,7 @@ class PolicyStatus:
     profile: str  # the loaded profile's name; empty: none
     description: str
     calibration: float  # measured / profile-predicted step time, recent median
+    tpot_from_profile: bool  # the TPOT bound is the profile's default, calibrated
 
 
 @dataclass(frozen=True)

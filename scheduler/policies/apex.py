@@ -36,14 +36,28 @@ class ApexPolicy(CostedPolicy):
     name = "apex"
     strategies = (Strategy.OVERLAP, Strategy.PIPELINE)
 
-    def __init__(self, cost: CostModel, tpot_slo_s: float, ttft_slo_s: float | None = None) -> None:
-        if tpot_slo_s <= 0:
+    def __init__(
+        self, cost: CostModel, tpot_slo_s: float | None = None, ttft_slo_s: float | None = None
+    ) -> None:
+        if tpot_slo_s is not None and tpot_slo_s <= 0:
             raise ValueError(f"the TPOT bound must be > 0 s, got {tpot_slo_s}")
         if ttft_slo_s is not None and ttft_slo_s <= 0:
             raise ValueError(f"the TTFT bound must be > 0 s, got {ttft_slo_s}")
         super().__init__(cost)
-        self.tpot_slo_s = tpot_slo_s
+        self.tpot_slo_given = tpot_slo_s  # the operator's bound; None: the profile's
+        self.default_tpot_s = default_tpot_slo(cost)
         self.ttft_slo_s = DEFAULT_TTFT_SLO_S if ttft_slo_s is None else ttft_slo_s
+
+    @property
+    def tpot_slo_s(self) -> float:  # type: ignore[override]
+        """The bound in force. The operator's is absolute. Without one, the default
+        is relative to the machine (a pipelined step plus 25%), so it is scaled by the
+        calibration as the predictions it is held against are: a profile measured on
+        an idle machine would otherwise put the bound below the step the machine
+        actually runs, and no row would ever go to the CPU tier."""
+        if self.tpot_slo_given is not None:
+            return self.tpot_slo_given
+        return self.default_tpot_s * self.calibration.scale
 
     def place(self, view: SchedulerView, req: Request, admitted: list[Request]) -> Tier | None:
         if gpu_fits_now(view, req):
@@ -89,7 +103,10 @@ class ApexPolicy(CostedPolicy):
         return self.step_s(work) <= self.tpot_slo_s
 
     def describe(self) -> str:
-        return f"apex (TPOT bound {self.tpot_slo_s * 1e3:.1f} ms, TTFT {self.ttft_slo_s:g} s)"
+        source = "" if self.tpot_slo_given is not None else " from the profile"
+        return (
+            f"apex (TPOT bound {self.tpot_slo_s * 1e3:.1f} ms{source}, TTFT {self.ttft_slo_s:g} s)"
+        )
 
 
 def default_tpot_slo(cost: CostModel) -> float:

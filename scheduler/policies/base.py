@@ -90,7 +90,8 @@ class Policy:
     name = "base"
     cpu_attention = True  # False: the CPU tier only parks preempted requests
     strategies: tuple[Strategy, ...] = (Strategy.OVERLAP,)
-    tpot_slo_s: float | None = None  # a TPOT bound, for the policies that keep one
+    tpot_slo_s: float | None = None  # a TPOT bound in force, for the policies that keep one
+    tpot_slo_given: float | None = None  # the operator's bound (None: none, or a default)
     ttft_slo_s: float | None = None  # and a TTFT bound
 
     def __init__(self, cost: CostModel | None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from scheduler.costs.cost_model import CostModel
-from scheduler.policies.apex import ApexPolicy, default_tpot_slo
+from scheduler.policies.apex import ApexPolicy
 from scheduler.policies.base import FixedRulePolicy, GpuOnlyPolicy, Policy
 from scheduler.policies.neo import NeoPolicy
 
@@ -26,7 +26,7 @@ def make_policy(
         return FixedRulePolicy(None, name)
     if name == "neo":
         return NeoPolicy(cost)
-    return ApexPolicy(cost, tpot_slo_s if tpot_slo_s else default_tpot_slo(cost), ttft_slo_s)
+    return ApexPolicy(cost, tpot_slo_s or None, ttft_slo_s)
 
 
 def placement_policy(placement: str) -> Policy:

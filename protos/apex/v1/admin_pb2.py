@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from apex.v1 import generation_pb2 as apex_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61pex/v1/admin.proto\x12\x07\x61pex.v1\x1a\x18\x61pex/v1/generation.proto\"\x1f\n\x0eProfileRequest\x12\r\n\x05quick\x18\x01 \x01(\x08\"a\n\x0fProfileProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x14\n\x0cprofile_json\x18\x04 \x01(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\"F\n\rPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0btpot_slo_ms\x18\x02 \x01(\x01\x12\x12\n\nttft_slo_s\x18\x03 \x01(\x01\"i\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0btpot_slo_ms\x18\x02 \x01(\x01\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x12\n\nttft_slo_s\x18\x05 \x01(\x01\"\x1d\n\x0cTraceRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"\xc4\x02\n\x0eIterationTrace\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x10\n\x08gpu_rows\x18\x04 \x01(\x05\x12\x10\n\x08\x63pu_rows\x18\x05 \x01(\x05\x12\x15\n\rpipeline_rows\x18\x06 \x01(\x05\x12\x16\n\x0eprefill_tokens\x18\x07 \x01(\x05\x12\x17\n\x0fswap_out_blocks\x18\x08 \x01(\x05\x12\x16\n\x0eswap_in_blocks\x18\t \x01(\x05\x12\x1c\n\x14profile_predicted_ms\x18\n \x01(\x01\x12\x14\n\x0cpredicted_ms\x18\x0b \x01(\x01\x12\x13\n\x0bmeasured_ms\x18\x0c \x01(\x01\x12\x11\n\twall_time\x18\r \x01(\x01\x12\x1f\n\x17profile_uncalibrated_ms\x18\x0e \x01(\x01\"<\n\rTraceResponse\x12+\n\niterations\x18\x01 \x03(\x0b\x32\x17.apex.v1.IterationTrace\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\tin_flight\x18\x01 \x01(\x05\"C\n\x0eMigrateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1d\n\x04tier\x18\x02 \x01(\x0e\x32\x0f.apex.v1.KvTier\" \n\x0fMigrateResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"X\n\tTierUsage\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x14\n\x0c\x62locks_total\x18\x02 \x01(\x05\x12\x13\n\x0b\x62locks_used\x18\x03 \x01(\x05\x12\x12\n\nblock_size\x18\x04 \x01(\x05\"\xb5\x04\n\x0eStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\x05\x12\x13\n\x0bnum_running\x18\x03 \x01(\x05\x12!\n\x05tiers\x18\x04 \x03(\x0b\x32\x12.apex.v1.TierUsage\x12\x12\n\niterations\x18\x05 \x01(\x04\x12\x18\n\x10generated_tokens\x18\x06 \x01(\x04\x12\x13\n\x0bpreemptions\x18\x07 \x01(\x04\x12\x14\n\x0ctokens_per_s\x18\x08 \x01(\x01\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x10\n\x08strategy\x18\n \x01(\t\x12\x19\n\x11\x66inished_requests\x18\x0b \x01(\x04\x12\x19\n\x11rejected_requests\x18\x0c \x01(\x04\x12\x11\n\tmax_queue\x18\r \x01(\x05\x12\x11\n\tplacement\x18\x0e \x01(\t\x12\x11\n\tswap_outs\x18\x0f \x01(\x04\x12\x10\n\x08swap_ins\x18\x10 \x01(\x04\x12\x13\n\x0bnum_swapped\x18\x11 \x01(\x05\x12\x10\n\x08\x64raining\x18\x12 \x01(\x08\x12\x1b\n\x13\x65xecutor_recoveries\x18\x13 \x01(\x04\x12\x16\n\x0epredictor_mape\x18\x14 \x01(\x01\x12\x19\n\x11predictor_samples\x18\x15 \x01(\x04\x12\x0e\n\x06policy\x18\x16 \x01(\t\x12\x14\n\x0cprofile_mape\x18\x17 \x01(\x01\x12\x0f\n\x07profile\x18\x18 \x01(\t\x12\x1b\n\x13profile_calibration\x18\x19 \x01(\x01\"\x15\n\x13ListRequestsRequest\"\x88\x02\n\x0bRequestInfo\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.apex.v1.RequestState\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x15\n\routput_tokens\x18\x04 \x01(\x05\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x12\n\ngpu_blocks\x18\x06 \x01(\x05\x12\r\n\x05\x61ge_s\x18\x07 \x01(\x01\x12\x13\n\x0bpreemptions\x18\x08 \x01(\x05\x12\x1d\n\x04tier\x18\t \x01(\x0e\x32\x0f.apex.v1.KvTier\x12\x12\n\ncpu_blocks\x18\n \x01(\x05\x12\x12\n\nmigrations\x18\x0b \x01(\x05\">\n\x14ListRequestsResponse\x12&\n\x08requests\x18\x01 \x03(\x0b\x32\x14.apex.v1.RequestInfo*C\n\x06KvTier\x12\x17\n\x13KV_TIER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKV_TIER_GPU\x10\x01\x12\x0f\n\x0bKV_TIER_CPU\x10\x02*~\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_STATE_WAITING\x10\x01\x12\x19\n\x15REQUEST_STATE_RUNNING\x10\x02\x12\x19\n\x15REQUEST_STATE_SWAPPED\x10\x03\x32\xef\x03\n\x05\x41\x64min\x12<\n\tGetStatus\x12\x16.apex.v1.StatusRequest\x1a\x17.apex.v1.StatusResponse\x12K\n\x0cListRequests\x12\x1c.apex.v1.ListRequestsRequest\x1a\x1d.apex.v1.ListRequestsResponse\x12\x36\n\x05\x41\x62ort\x12\x15.apex.v1.AbortRequest\x1a\x16.apex.v1.AbortResponse\x12<\n\x07Migrate\x12\x17.apex.v1.MigrateRequest\x1a\x18.apex.v1.MigrateResponse\x12\x36\n\x05\x44rain\x12\x15.apex.v1.DrainRequest\x1a\x16.apex.v1.DrainResponse\x12\x35\n\x06Policy\x12\x16.apex.v1.PolicyRequest\x1a\x13.apex.v1.PolicyInfo\x12\x36\n\x05Trace\x12\x15.apex.v1.TraceRequest\x1a\x16.apex.v1.TraceResponse\x12>\n\x07Profile\x12\x17.apex.v1.ProfileRequest\x1a\x18.apex.v1.ProfileProgress0\x01\x42\x32Z0github.com/apex-serve/apex/gen/go/apex/v1;apexv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61pex/v1/admin.proto\x12\x07\x61pex.v1\x1a\x18\x61pex/v1/generation.proto\"\x1f\n\x0eProfileRequest\x12\r\n\x05quick\x18\x01 \x01(\x08\"a\n\x0fProfileProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x05\x12\r\n\x05total\x18\x02 \x01(\x05\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x14\n\x0cprofile_json\x18\x04 \x01(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\"F\n\rPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0btpot_slo_ms\x18\x02 \x01(\x01\x12\x12\n\nttft_slo_s\x18\x03 \x01(\x01\"\x84\x01\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0btpot_slo_ms\x18\x02 \x01(\x01\x12\x0f\n\x07profile\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x12\n\nttft_slo_s\x18\x05 \x01(\x01\x12\x19\n\x11tpot_from_profile\x18\x06 \x01(\x08\"\x1d\n\x0cTraceRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"\xc4\x02\n\x0eIterationTrace\x12\x0f\n\x07step_id\x18\x01 \x01(\x04\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x10\n\x08gpu_rows\x18\x04 \x01(\x05\x12\x10\n\x08\x63pu_rows\x18\x05 \x01(\x05\x12\x15\n\rpipeline_rows\x18\x06 \x01(\x05\x12\x16\n\x0eprefill_tokens\x18\x07 \x01(\x05\x12\x17\n\x0fswap_out_blocks\x18\x08 \x01(\x05\x12\x16\n\x0eswap_in_blocks\x18\t \x01(\x05\x12\x1c\n\x14profile_predicted_ms\x18\n \x01(\x01\x12\x14\n\x0cpredicted_ms\x18\x0b \x01(\x01\x12\x13\n\x0bmeasured_ms\x18\x0c \x01(\x01\x12\x11\n\twall_time\x18\r \x01(\x01\x12\x1f\n\x17profile_uncalibrated_ms\x18\x0e \x01(\x01\"<\n\rTraceResponse\x12+\n\niterations\x18\x01 \x03(\x0b\x32\x17.apex.v1.IterationTrace\"\x0e\n\x0c\x44rainRequest\"\"\n\rDrainResponse\x12\x11\n\tin_flight\x18\x01 \x01(\x05\"C\n\x0eMigrateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x1d\n\x04tier\x18\x02 \x01(\x0e\x32\x0f.apex.v1.KvTier\" \n\x0fMigrateResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x0f\n\rStatusRequest\"X\n\tTierUsage\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x14\n\x0c\x62locks_total\x18\x02 \x01(\x05\x12\x13\n\x0b\x62locks_used\x18\x03 \x01(\x05\x12\x12\n\nblock_size\x18\x04 \x01(\x05\"\xb5\x04\n\x0eStatusResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\x05\x12\x13\n\x0bnum_running\x18\x03 \x01(\x05\x12!\n\x05tiers\x18\x04 \x03(\x0b\x32\x12.apex.v1.TierUsage\x12\x12\n\niterations\x18\x05 \x01(\x04\x12\x18\n\x10generated_tokens\x18\x06 \x01(\x04\x12\x13\n\x0bpreemptions\x18\x07 \x01(\x04\x12\x14\n\x0ctokens_per_s\x18\x08 \x01(\x01\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x10\n\x08strategy\x18\n \x01(\t\x12\x19\n\x11\x66inished_requests\x18\x0b \x01(\x04\x12\x19\n\x11rejected_requests\x18\x0c \x01(\x04\x12\x11\n\tmax_queue\x18\r \x01(\x05\x12\x11\n\tplacement\x18\x0e \x01(\t\x12\x11\n\tswap_outs\x18\x0f \x01(\x04\x12\x10\n\x08swap_ins\x18\x10 \x01(\x04\x12\x13\n\x0bnum_swapped\x18\x11 \x01(\x05\x12\x10\n\x08\x64raining\x18\x12 \x01(\x08\x12\x1b\n\x13\x65xecutor_recoveries\x18\x13 \x01(\x04\x12\x16\n\x0epredictor_mape\x18\x14 \x01(\x01\x12\x19\n\x11predictor_samples\x18\x15 \x01(\x04\x12\x0e\n\x06policy\x18\x16 \x01(\t\x12\x14\n\x0cprofile_mape\x18\x17 \x01(\x01\x12\x0f\n\x07profile\x18\x18 \x01(\t\x12\x1b\n\x13profile_calibration\x18\x19 \x01(\x01\"\x15\n\x13ListRequestsRequest\"\x88\x02\n\x0bRequestInfo\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.apex.v1.RequestState\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x05\x12\x15\n\routput_tokens\x18\x04 \x01(\x05\x12\x12\n\nmax_tokens\x18\x05 \x01(\x05\x12\x12\n\ngpu_blocks\x18\x06 \x01(\x05\x12\r\n\x05\x61ge_s\x18\x07 \x01(\x01\x12\x13\n\x0bpreemptions\x18\x08 \x01(\x05\x12\x1d\n\x04tier\x18\t \x01(\x0e\x32\x0f.apex.v1.KvTier\x12\x12\n\ncpu_blocks\x18\n \x01(\x05\x12\x12\n\nmigrations\x18\x0b \x01(\x05\">\n\x14ListRequestsResponse\x12&\n\x08requests\x18\x01 \x03(\x0b\x32\x14.apex.v1.RequestInfo*C\n\x06KvTier\x12\x17\n\x13KV_TIER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKV_TIER_GPU\x10\x01\x12\x0f\n\x0bKV_TIER_CPU\x10\x02*~\n\x0cRequestState\x12\x1d\n\x19REQUEST_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15REQUEST_STATE_WAITING\x10\x01\x12\x19\n\x15REQUEST_STATE_RUNNING\x10\x02\x12\x19\n\x15REQUEST_STATE_SWAPPED\x10\x03\x32\xef\x03\n\x05\x41\x64min\x12<\n\tGetStatus\x12\x16.apex.v1.StatusRequest\x1a\x17.apex.v1.StatusResponse\x12K\n\x0cListRequests\x12\x1c.apex.v1.ListRequestsRequest\x1a\x1d.apex.v1.ListRequestsResponse\x12\x36\n\x05\x41\x62ort\x12\x15.apex.v1.AbortRequest\x1a\x16.apex.v1.AbortResponse\x12<\n\x07Migrate\x12\x17.apex.v1.MigrateRequest\x1a\x18.apex.v1.MigrateResponse\x12\x36\n\x05\x44rain\x12\x15.apex.v1.DrainRequest\x1a\x16.apex.v1.DrainResponse\x12\x35\n\x06Policy\x12\x16.apex.v1.PolicyRequest\x1a\x13.apex.v1.PolicyInfo\x12\x36\n\x05Trace\x12\x15.apex.v1.TraceRequest\x1a\x16.apex.v1.TraceResponse\x12>\n\x07Profile\x12\x17.apex.v1.ProfileRequest\x1a\x18.apex.v1.ProfileProgress0\x01\x42\x32Z0github.com/apex-serve/apex/gen/go/apex/v1;apexv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,44 +33,44 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apex.v1.admin_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z0github.com/apex-serve/apex/gen/go/apex/v1;apexv1'
-  _globals['_KVTIER']._serialized_start=1973
-  _globals['_KVTIER']._serialized_end=2040
-  _globals['_REQUESTSTATE']._serialized_start=2042
-  _globals['_REQUESTSTATE']._serialized_end=2168
+  _globals['_KVTIER']._serialized_start=2001
+  _globals['_KVTIER']._serialized_end=2068
+  _globals['_REQUESTSTATE']._serialized_start=2070
+  _globals['_REQUESTSTATE']._serialized_end=2196
   _globals['_PROFILEREQUEST']._serialized_start=58
   _globals['_PROFILEREQUEST']._serialized_end=89
   _globals['_PROFILEPROGRESS']._serialized_start=91
   _globals['_PROFILEPROGRESS']._serialized_end=188
   _globals['_POLICYREQUEST']._serialized_start=190
   _globals['_POLICYREQUEST']._serialized_end=260
-  _globals['_POLICYINFO']._serialized_start=262
-  _globals['_POLICYINFO']._serialized_end=367
-  _globals['_TRACEREQUEST']._serialized_start=369
-  _globals['_TRACEREQUEST']._serialized_end=398
-  _globals['_ITERATIONTRACE']._serialized_start=401
-  _globals['_ITERATIONTRACE']._serialized_end=725
-  _globals['_TRACERESPONSE']._serialized_start=727
-  _globals['_TRACERESPONSE']._serialized_end=787
-  _globals['_DRAINREQUEST']._serialized_start=789
-  _globals['_DRAINREQUEST']._serialized_end=803
-  _globals['_DRAINRESPONSE']._serialized_start=805
-  _globals['_DRAINRESPONSE']._serialized_end=839
-  _globals['_MIGRATEREQUEST']._serialized_start=841
-  _globals['_MIGRATEREQUEST']._serialized_end=908
-  _globals['_MIGRATERESPONSE']._serialized_start=910
-  _globals['_MIGRATERESPONSE']._serialized_end=942
-  _globals['_STATUSREQUEST']._serialized_start=944
-  _globals['_STATUSREQUEST']._serialized_end=959
-  _globals['_TIERUSAGE']._serialized_start=961
-  _globals['_TIERUSAGE']._serialized_end=1049
-  _globals['_STATUSRESPONSE']._serialized_start=1052
-  _globals['_STATUSRESPONSE']._serialized_end=1617
-  _globals['_LISTREQUESTSREQUEST']._serialized_start=1619
-  _globals['_LISTREQUESTSREQUEST']._serialized_end=1640
-  _globals['_REQUESTINFO']._serialized_start=1643
-  _globals['_REQUESTINFO']._serialized_end=1907
-  _globals['_LISTREQUESTSRESPONSE']._serialized_start=1909
-  _globals['_LISTREQUESTSRESPONSE']._serialized_end=1971
-  _globals['_ADMIN']._serialized_start=2171
-  _globals['_ADMIN']._serialized_end=2666
+  _globals['_POLICYINFO']._serialized_start=263
+  _globals['_POLICYINFO']._serialized_end=395
+  _globals['_TRACEREQUEST']._serialized_start=397
+  _globals['_TRACEREQUEST']._serialized_end=426
+  _globals['_ITERATIONTRACE']._serialized_start=429
+  _globals['_ITERATIONTRACE']._serialized_end=753
+  _globals['_TRACERESPONSE']._serialized_start=755
+  _globals['_TRACERESPONSE']._serialized_end=815
+  _globals['_DRAINREQUEST']._serialized_start=817
+  _globals['_DRAINREQUEST']._serialized_end=831
+  _globals['_DRAINRESPONSE']._serialized_start=833
+  _globals['_DRAINRESPONSE']._serialized_end=867
+  _globals['_MIGRATEREQUEST']._serialized_start=869
+  _globals['_MIGRATEREQUEST']._serialized_end=936
+  _globals['_MIGRATERESPONSE']._serialized_start=938
+  _globals['_MIGRATERESPONSE']._serialized_end=970
+  _globals['_STATUSREQUEST']._serialized_start=972
+  _globals['_STATUSREQUEST']._serialized_end=987
+  _globals['_TIERUSAGE']._serialized_start=989
+  _globals['_TIERUSAGE']._serialized_end=1077
+  _globals['_STATUSRESPONSE']._serialized_start=1080
+  _globals['_STATUSRESPONSE']._serialized_end=1645
+  _globals['_LISTREQUESTSREQUEST']._serialized_start=1647
+  _globals['_LISTREQUESTSREQUEST']._serialized_end=1668
+  _globals['_REQUESTINFO']._serialized_start=1671
+  _globals['_REQUESTINFO']._serialized_end=1935
+  _globals['_LISTREQUESTSRESPONSE']._serialized_start=1937
+  _globals['_LISTREQUESTSRESPONSE']._serialized_end=1999
+  _globals['_ADMIN']._serialized_start=2199
+  _globals['_ADMIN']._serialized_end=2694
 # @@protoc_insertion_point(module_scope)

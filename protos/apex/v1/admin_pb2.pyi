@@ -59,18 +59,20 @@ class PolicyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tpot_slo_ms: _Optional[float] = ..., ttft_slo_s: _Optional[float] = ...) -> None: ...
 
 class PolicyInfo(_message.Message):
-    __slots__ = ("name", "tpot_slo_ms", "profile", "description", "ttft_slo_s")
+    __slots__ = ("name", "tpot_slo_ms", "profile", "description", "ttft_slo_s", "tpot_from_profile")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TPOT_SLO_MS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     TTFT_SLO_S_FIELD_NUMBER: _ClassVar[int]
+    TPOT_FROM_PROFILE_FIELD_NUMBER: _ClassVar[int]
     name: str
     tpot_slo_ms: float
     profile: str
     description: str
     ttft_slo_s: float
-    def __init__(self, name: _Optional[str] = ..., tpot_slo_ms: _Optional[float] = ..., profile: _Optional[str] = ..., description: _Optional[str] = ..., ttft_slo_s: _Optional[float] = ...) -> None: ...
+    tpot_from_profile: bool
+    def __init__(self, name: _Optional[str] = ..., tpot_slo_ms: _Optional[float] = ..., profile: _Optional[str] = ..., description: _Optional[str] = ..., ttft_slo_s: _Optional[float] = ..., tpot_from_profile: _Optional[bool] = ...) -> None: ...
 
 class TraceRequest(_message.Message):
     __slots__ = ("limit",)
