@@ -214,10 +214,11 @@ def fit_loop(runs: list[tuple[np.ndarray, np.ndarray]]) -> LoopCost:
     )
     gap_per_row, gap = np.polyfit(gaps[:, 1], gaps[:, 0], 1)
     return LoopCost(
-        float(scale),
-        max(0.0, float(gap)),
-        max(0.0, float(per_row + gap_per_row)),
-        max(0.0, float(per_cpu_row)),
+        scale=float(scale),
+        per_step_s=max(0.0, float(gap)),
+        per_row_s=max(0.0, float(per_row)),
+        per_cpu_row_s=max(0.0, float(per_cpu_row)),
+        gap_per_row_s=max(0.0, float(gap_per_row)),
     )
 
 

@@ -102,9 +102,13 @@ def test_a_measured_profile_drives_the_simulator_too():
 
 
 def test_a_loop_cost_adds_its_parts_and_a_cpu_row_cost_touches_only_hybrid_steps():
-    loop = LoopCost(scale=1.5, per_step_s=0.001, per_row_s=0.0002, per_cpu_row_s=0.003)
-    assert loop.of(0.010, rows=4) == pytest.approx(0.015 + 0.001 + 0.0008)
-    assert loop.of(0.010, rows=4, cpu_rows=2) == pytest.approx(0.0168 + 0.006)
+    loop = LoopCost(
+        scale=1.5, per_step_s=0.001, per_row_s=0.0002, per_cpu_row_s=0.003, gap_per_row_s=1e-4
+    )
+    assert loop.step_s(0.010, rows=4) == pytest.approx(0.015 + 0.0008)
+    assert loop.gap_s(rows=4) == pytest.approx(0.001 + 0.0004)
+    assert loop.of(0.010, rows=4) == pytest.approx(0.015 + 0.001 + 0.0008 + 0.0004)
+    assert loop.of(0.010, rows=4, cpu_rows=2) == pytest.approx(0.0172 + 0.006)
     with pytest.raises(ValueError, match="times >= 0"):
         LoopCost(per_cpu_row_s=-0.001)
     profile = Profile.load("t4-llama2-7b")
@@ -114,6 +118,9 @@ def test_a_loop_cost_adds_its_parts_and_a_cpu_row_cost_touches_only_hybrid_steps
         return simulate(profile, WORKLOADS["cot"], policy, n=40, rate=0.05, seed=2, loop=cost)
 
     assert run("gpu-only", cpu_only).tpot_p50 == run("gpu-only", None).tpot_p50
+    # the simulated daemon calibrates its policy on the steps it runs, as the engine does
+    assert run("apex", None).calibration == pytest.approx(1.0)
+    assert run("apex", LoopCost(scale=2.0, per_step_s=0.01)).calibration == pytest.approx(2.0)
     hybrid, plain = run("neo", cpu_only), run("neo", None)
     assert hybrid.strategies.get("pipeline", 0) > 0
     assert hybrid.tpot_p99 > plain.tpot_p99
@@ -134,6 +141,7 @@ def test_the_loop_fit_recovers_a_known_loop_from_iterations():
     ]
     loop = fit_loop(half)
     assert loop.scale == pytest.approx(1.2, rel=0.02)
-    assert loop.per_row_s == pytest.approx(0.0003 + 0.0001, rel=0.05)
+    assert loop.per_row_s == pytest.approx(0.0003, rel=0.05)
+    assert loop.gap_per_row_s == pytest.approx(0.0001, rel=0.05)
     assert loop.per_cpu_row_s == pytest.approx(0.0008, rel=0.05)
     assert loop.per_step_s == pytest.approx(0.0002, rel=0.05)

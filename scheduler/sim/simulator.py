@@ -42,32 +42,37 @@ WORKLOADS = {
 
 @dataclass(frozen=True)
 class LoopCost:
-    """What a real daemon's iteration costs beyond the profile's step: the step itself
-    scaled (a machine busier than when the profile was measured), a cost per row and
-    per CPU row on top, and the host-side loop between steps (scheduling, bookkeeping,
-    streaming). Where the executors share the host's cores with the daemon and its
-    clients (a machine without a GPU) their steps slow with the host work each row
-    brings, and CPU rows run both executors at once, which the profile, timing each
-    alone, does not see. Fitted from live runs' traces (benchmarks/sim_vs_stack.py);
-    none by default."""
+    """What a real daemon's iteration costs beyond the profile's step. The step itself
+    (what the engine times around the executor call, and calibrates against): the
+    profile's step scaled (a machine busier than when the profile was measured), plus
+    a cost per row and per CPU row. Then the host-side gap before the next step
+    (scheduling, bookkeeping, streaming): a fixed part and a part per row. Where the
+    executors share the host's cores with the daemon and its clients (a machine
+    without a GPU) their steps slow with the host work each row brings, and CPU rows
+    run both executors at once, which the profile, timing each alone, does not see.
+    Fitted from live runs' traces (benchmarks/sim_vs_stack.py); none by default."""
 
     scale: float = 1.0
-    per_step_s: float = 0.0
-    per_row_s: float = 0.0
-    per_cpu_row_s: float = 0.0
+    per_step_s: float = 0.0  # the gap's fixed part
+    per_row_s: float = 0.0  # the step's, per row
+    per_cpu_row_s: float = 0.0  # the step's, per CPU row
+    gap_per_row_s: float = 0.0  # the gap's, per row
 
     def __post_init__(self) -> None:
-        times = (self.per_step_s, self.per_row_s, self.per_cpu_row_s)
+        times = (self.per_step_s, self.per_row_s, self.per_cpu_row_s, self.gap_per_row_s)
         if not self.scale > 0 or min(times) < 0:
             raise ValueError(f"a loop cost needs scale > 0 and times >= 0, got {self}")
 
+    def step_s(self, step_s: float, rows: int, cpu_rows: int = 0) -> float:
+        """The step as the engine measures it."""
+        return self.scale * step_s + self.per_row_s * rows + self.per_cpu_row_s * cpu_rows
+
+    def gap_s(self, rows: int) -> float:
+        return self.per_step_s + self.gap_per_row_s * rows
+
     def of(self, step_s: float, rows: int, cpu_rows: int = 0) -> float:
-        return (
-            self.scale * step_s
-            + self.per_step_s
-            + self.per_row_s * rows
-            + self.per_cpu_row_s * cpu_rows
-        )
+        """The whole iteration: the step and the gap before the next."""
+        return self.step_s(step_s, rows, cpu_rows) + self.gap_s(rows)
 
 
 @dataclass
@@ -86,6 +91,7 @@ class SimResult:
     strategies: dict[str, int]  # iterations run with each strategy
     # (TTFT s, TPOT s) of each request counted, for SLO attainment and pooling seeds
     latencies: tuple[tuple[float, float], ...] = field(default=(), repr=False)
+    calibration: float = 1.0  # the policy's measured/profile step ratio at the end
 
     def summary(self) -> dict:
         """The figures, without the per-request latencies."""
@@ -181,8 +187,14 @@ def simulate(
         if plan is None:
             now[0] = pending[i][0]
             continue
-        step = step_time(profile, plan)
-        now[0] += loop.of(step, len(plan.seqs), plan.num_cpu_rows) if loop is not None else step
+        step, gap = step_time(profile, plan), 0.0
+        if loop is not None:
+            step = loop.step_s(step, len(plan.seqs), plan.num_cpu_rows)
+            gap = loop.gap_s(len(plan.seqs))
+        # the policy calibrates on the steps it sees, as the daemon's engine does: a
+        # bound derived from the profile and the predictions scale with the machine
+        sched.policy.calibration.observe(plan.model_s, step)
+        now[0] += step + gap
         updated = sched.update(plan, [2] * len(plan.seqs))
         steps.append((now[0], len(updated)))
         used[plan.strategy.value] = used.get(plan.strategy.value, 0) + 1
@@ -219,6 +231,7 @@ def summarise(policy, done, steps, decide, sched, used) -> SimResult:
         decision_ms_p99=pct(decide, 99) * 1e3,
         strategies=used,
         latencies=latencies,
+        calibration=sched.policy.calibration.scale,
     )
 
 
