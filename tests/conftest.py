@@ -6,6 +6,12 @@ import os
 import tempfile
 from pathlib import Path
 
+# Off a GPU, Triton kernels run under its interpreter, which must be switched on before
+# anything imports triton (transformers' model classes do, through torch), whichever
+# test file a worker happens to run first.
+if os.environ.get("APEX_TEST_DEVICE", "cpu") == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
+
 import pytest
 
 from tests.factories import running_stack
