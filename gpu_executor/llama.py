@@ -1,10 +1,11 @@
 """The Llama-family model: its weights, its paged KV cache and the math of one layer.
 
-transformers loads the checkpoint (so every Llama variant it knows loads the same
-way); the layer math is ours, because the attention must read a block-paged cache that
-the scheduler manages. QKV and gate/up are fused into single matmuls at load. How the
-layers run for one step (GPU-only, asynchronous overlap, asymmetric pipelining) is not
-the model's business: `strategies.py` composes these pieces per strategy.
+`checkpoint.py` reads the weights (directly from safetensors, or through transformers
+for the RoPE variants it knows) and fuses QKV and gate/up into single matmuls; the
+layer math is ours, because the attention must read a block-paged cache that the
+scheduler manages. How the layers run for one step (GPU-only, asynchronous overlap,
+asymmetric pipelining) is not the model's business: `strategies.py` composes these
+pieces per strategy.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from gpu_executor.batch import NewPrompts, PackedBatch
+from gpu_executor.checkpoint import LayerWeights, load_checkpoint
 
 
 @dataclass(frozen=True)
@@ -44,16 +46,6 @@ class ModelShape:
             max_position_embeddings=cfg["max_position_embeddings"],
             rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
         )
-
-
-@dataclass
-class LayerWeights:
-    input_norm: torch.Tensor
-    qkv: torch.Tensor  # (q + 2 kv, hidden)
-    o: torch.Tensor
-    post_norm: torch.Tensor
-    gate_up: torch.Tensor  # (2 inter, hidden)
-    down: torch.Tensor
 
 
 class PagedKVCache:
@@ -99,40 +91,15 @@ class LlamaModel:
         dtype: str = "auto",
         decode_kernel: str = "auto",
     ) -> None:
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-
         self.model_dir = Path(model_dir)
         self.shape = ModelShape.from_config(model_dir)
         self.device = torch.device(device)
-        torch_dtype = resolve_dtype(model_dir, dtype, self.device)
-        self.dtype = torch_dtype
-        hf = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
-        hf.eval()
-        rot = hf.model.rotary_emb
-        self.inv_freq = rot.inv_freq.detach().float().to(self.device)
-        self.attention_scaling = float(rot.attention_scaling)
-        dev = self.device
-        self.embed = hf.model.embed_tokens.weight.detach().to(dev)
-        self.final_norm = hf.model.norm.weight.detach().to(dev)
-        self.lm_head = hf.lm_head.weight.detach().to(dev)
-        self.layers: list[LayerWeights] = []
-        for layer in hf.model.layers:
-            att, mlp = layer.self_attn, layer.mlp
-            self.layers.append(
-                LayerWeights(
-                    input_norm=layer.input_layernorm.weight.detach().to(dev),
-                    qkv=torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight])
-                    .detach()
-                    .to(dev),
-                    o=att.o_proj.weight.detach().to(dev),
-                    post_norm=layer.post_attention_layernorm.weight.detach().to(dev),
-                    gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach().to(dev),
-                    down=mlp.down_proj.weight.detach().to(dev),
-                )
-            )
+        self.dtype = resolve_dtype(model_dir, dtype, self.device)
+        ck = load_checkpoint(model_dir, self.dtype, self.device, self.shape.num_layers)
+        self.loader = ck.loader
+        self.inv_freq, self.attention_scaling = ck.inv_freq, ck.attention_scaling
+        self.embed, self.final_norm, self.lm_head = ck.embed, ck.final_norm, ck.lm_head
+        self.layers = ck.layers
         self.weight_bytes = (
             sum(
                 t.nbytes
@@ -143,7 +110,6 @@ class LlamaModel:
             + self.lm_head.nbytes
             + self.final_norm.nbytes
         )
-        del hf
         self.scale = self.shape.head_dim**-0.5
         self.cache: PagedKVCache | None = None
         self.triton_decode = use_triton_decode(decode_kernel, self.device)

@@ -286,8 +286,9 @@ def main(argv: list[str] | None = None) -> None:
         "decode attention: %s", "Triton paged kernel" if model.triton_decode else "gathered SDPA"
     )
     log.info(
-        "loaded %s on %s as %s in %.1f s (%.1f MiB of weights)",
+        "loaded %s (%s) on %s as %s in %.1f s (%.1f MiB of weights)",
         args.model,
+        model.loader,
         model.device,
         model.dtype,
         time.perf_counter() - t,
