@@ -50,7 +50,9 @@ def mean_context(req: Request) -> float:
     uniformly random point of their lives (1/2), finished rows giving way to new short
     ones. Admission gated on that sum kept apex's p99 TPOT at 70% of its bound (T4,
     long CoT: 105 of 150 ms) while requests queued."""
-    return max(float(req.num_tokens), len(req.prompt_ids) + req.sampling.max_tokens / 2)
+    n = len(req.prompt_ids)  # without max() or num_tokens: every running row, every step
+    mean = n + req.sampling.max_tokens / 2
+    return float(n + len(req.output_ids)) if n + len(req.output_ids) > mean else mean
 
 
 def gpu_wait_s(view: SchedulerView, req: Request, step_s: float) -> float:
@@ -183,11 +185,8 @@ def load_of(
     contexts, oldest first; `held`: what the GPU tier holds already."""
     gctx, cctx = 0.0, []
     cpu = Tier.CPU
-    for r in reqs:  # mean_context inlined: every running row, every iteration
-        n = len(r.prompt_ids)
-        e = n + r.sampling.max_tokens / 2
-        if n + len(r.output_ids) > e:
-            e = float(n + len(r.output_ids))
+    for r in reqs:
+        e = mean_context(r)
         if r.tier is cpu or r.target_tier is cpu or held + e > gpu_capacity:
             cctx.append(e)
         else:
