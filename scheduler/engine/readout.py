@@ -43,7 +43,7 @@ class EngineReadout:
             profile=self.cost.name if self.cost is not None else "",
             description=p.describe(),
             calibration=p.calibration.scale,
-            tpot_from_profile=p.tpot_slo_s is not None and p.tpot_slo_given is None,
+            tpot_from_profile=p.tpot_from_profile,
         )
 
     def status(self) -> EngineStatus:

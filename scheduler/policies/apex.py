@@ -59,6 +59,10 @@ class ApexPolicy(CostedPolicy):
             return self.tpot_slo_given
         return self.default_tpot_s * self.calibration.scale
 
+    @property
+    def tpot_from_profile(self) -> bool:  # type: ignore[override]
+        return self.tpot_slo_given is None
+
     def place(self, view: SchedulerView, req: Request, admitted: list[Request]) -> Tier | None:
         if gpu_fits_now(view, req):
             return Tier.GPU
@@ -103,7 +107,7 @@ class ApexPolicy(CostedPolicy):
         return self.step_s(work) <= self.tpot_slo_s
 
     def describe(self) -> str:
-        source = "" if self.tpot_slo_given is not None else " from the profile"
+        source = " from the profile" if self.tpot_from_profile else ""
         return (
             f"apex (TPOT bound {self.tpot_slo_s * 1e3:.1f} ms{source}, TTFT {self.ttft_slo_s:g} s)"
         )

@@ -94,6 +94,7 @@ class Policy:
     strategies: tuple[Strategy, ...] = (Strategy.OVERLAP,)
     tpot_slo_s: float | None = None  # a TPOT bound in force, for the policies that keep one
     tpot_slo_given: float | None = None  # the operator's bound (None: none, or a default)
+    tpot_from_profile = False  # whether the bound in force is the profile's default
     ttft_slo_s: float | None = None  # and a TTFT bound
 
     def __init__(self, cost: CostModel | None) -> None:
